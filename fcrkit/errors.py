@@ -1,0 +1,60 @@
+"""Exceptions raised by fcrkit.
+
+Every error a user can trigger with bad input is one of these, raised from fcrkit's own code with a
+message that names the offending value and says what to do. They subclass the built-in exception a
+caller would naturally catch (``ValueError``, ``LookupError`` ...), so ``except ValueError`` keeps
+working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class FcrkitError(Exception):
+    """Base class of every error raised by fcrkit."""
+
+
+class ConfigError(FcrkitError, ValueError):
+    """A model spec, component option or argument is invalid."""
+
+
+class DataError(FcrkitError, ValueError):
+    """The AnnData (keys, layers, values, genes) does not fit what was asked of it."""
+
+
+class PluginError(FcrkitError):
+    """A plugin broke the plugin contract (duplicate name, bad factory, unknown hook ...)."""
+
+
+class UnknownComponentError(FcrkitError, LookupError):
+    """A component name that no plugin registered."""
+
+    def __str__(self) -> str:  # LookupError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NonFiniteLossError(FcrkitError, FloatingPointError):
+    """Training produced a NaN or infinite loss term."""
+
+    def __init__(self, term: str, epoch: int, value: float):
+        self.term, self.epoch, self.value = term, epoch, value
+        super().__init__(
+            f"loss term {term!r} became {value} at epoch {epoch}; training stopped and the "
+            "parameters of the last finite epoch were restored. Try a smaller learning rate, "
+            "a KL warm-up, or check the input for extreme values."
+        )
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest choice, or an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def listing(choices: Iterable[str]) -> str:
+    """Format choices as ``'a', 'b', 'c'`` (or ``(none)``) for messages."""
+    items = sorted(str(c) for c in choices)
+    return ", ".join(repr(c) for c in items) if items else "(none)"

@@ -1,0 +1,216 @@
+"""The contract between fcrkit and its components.
+
+A component is made by a *factory* (a class or a function) registered under a name of one of five
+kinds. fcrkit calls the factory with the positional arguments below plus the options from the model
+spec as keyword arguments, and uses the object it returns only through the methods below.
+
+Labels
+    A batch of observed labels is a mapping from a *condition* name to a float tensor with one row
+    per cell: ``"x"`` the covariates (one-hot per covariate column, concatenated) and ``"t"`` the
+    treatment (dose-weighted multi-hot over the treatment vocabulary; controls are all zeros).
+    A component only sees the conditions its spec entry lists; ``label_dims`` gives their widths.
+
+============  ========================================================  =============================
+kind          factory call                                              object
+============  ========================================================  =============================
+encoder       ``f(n_input, n_output, label_dims, **options)``           ``nn.Module``;
+                                                                        ``enc(y, labels) -> (loc, scale)``
+prior         ``f(dim, label_dims, **options)``                          ``nn.Module``;
+                                                                        ``.distribution(labels, n)``
+decoder       ``f(n_input, n_output, heads, label_dims, **options)``     ``nn.Module``;
+                                                                        ``dec(z, labels) -> {head: tensor}``
+likelihood    ``f(n_genes, **options)``                                  ``nn.Module`` with ``input_kind``,
+                                                                        ``heads``, ``.distribution``, ``.mean``
+regularizer   ``f(info, **options)``                                     ``.loss(ctx)`` and/or ``.handler(w)``
+============  ========================================================  =============================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from pyro.distributions import Distribution
+from pyro.poutine.messenger import Messenger
+from torch import Tensor, nn
+
+LabelDims = Mapping[str, int]
+Labels = Mapping[str, Tensor]
+InputKind = Literal["counts", "real"]
+
+KINDS: tuple[str, ...] = ("encoder", "prior", "decoder", "likelihood", "regularizer")
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Amortised posterior of one latent block: ``q(z | y, labels) = Normal(loc, scale)``.
+
+    ``y`` is the encoder input (``log1p`` counts, or the real-valued matrix), shape ``(B, n_input)``;
+    it returns ``loc`` and a strictly positive ``scale``, each ``(B, n_output)``.
+    """
+
+    def __call__(self, y: Tensor, labels: Labels) -> tuple[Tensor, Tensor]: ...
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """Prior of one latent block, possibly conditioned on observed labels.
+
+    ``distribution(labels, n)`` returns a Pyro distribution with batch shape ``(n,)`` and event shape
+    ``(dim,)``. Return a diagonal ``Normal(...).to_event(1)`` to get the analytic KL of
+    ``TraceMeanField_ELBO``.
+    """
+
+    def distribution(self, labels: Labels, n: int) -> Distribution: ...
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """Maps the concatenated latent blocks ``(B, n_input)`` to one ``(B, n_output)`` tensor per head.
+
+    ``heads`` (given to the factory) are the raw parameters the likelihood asked for, e.g.
+    ``("mean",)`` for NB or ``("mean", "gate")`` for ZINB.
+    """
+
+    def __call__(self, z: Tensor, labels: Labels) -> dict[str, Tensor]: ...
+
+
+@runtime_checkable
+class Likelihood(Protocol):
+    """Observation model ``p(y | decoder output, library size)`` over genes.
+
+    Attributes:
+        input_kind: ``"counts"`` (non-negative integers) or ``"real"`` values; fcrkit refuses data
+            of the other kind before training.
+        heads: names of the per-cell, per-gene decoder outputs it needs.
+    """
+
+    input_kind: InputKind
+    heads: tuple[str, ...]
+
+    def distribution(self, params: Mapping[str, Tensor], library: Tensor) -> Distribution:
+        """Batch shape ``(B,)``, event shape ``(n_genes,)``. ``library`` is ``(B, 1)`` total counts."""
+        ...
+
+    def mean(self, params: Mapping[str, Tensor], library: Tensor) -> Tensor:
+        """Expected value of ``y``, shape ``(B, n_genes)``, on the scale of the data."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a regulariser factory is told about the model it joins."""
+
+    block_dims: Mapping[str, int]
+    label_dims: Mapping[str, int]
+    n_genes: int
+
+
+@dataclass
+class Context:
+    """What a regulariser sees of one minibatch.
+
+    Attributes:
+        z: posterior sample per block, ``(B, dim)``.
+        loc, scale: posterior parameters per block.
+        labels: every condition of the batch (``"x"``, ``"t"``), whatever the regulariser's spec.
+        index: row numbers of the cells in the training data.
+        n_obs: number of training cells (the plate size).
+        epoch: current epoch (0-based); ``progress`` is the fraction of training done.
+        module: the generic model, for regularisers that need to run its parts.
+    """
+
+    z: dict[str, Tensor]
+    loc: dict[str, Tensor]
+    scale: dict[str, Tensor]
+    labels: Labels
+    index: Tensor
+    n_obs: int
+    epoch: int = 0
+    progress: float = 0.0
+    module: nn.Module | None = field(default=None, repr=False)
+
+    def detached(self) -> Context:
+        """A copy whose latents carry no gradient (what adversaries train on)."""
+
+        def cut(d: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.detach() for k, v in d.items()}
+
+        return replace(self, z=cut(self.z), loc=cut(self.loc), scale=cut(self.scale))
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """An extra term of the objective, an effect on the ELBO, or both.
+
+    A regulariser implements at least one of:
+
+    - ``loss(ctx) -> Tensor``: a scalar (a per-cell mean) added to the loss times its weight;
+    - ``handler(weight) -> pyro Messenger``: an effect applied while the ELBO is computed (the KL
+      regulariser scales the latent sites with it).
+
+    It may also own an adversary: an ``adversary`` attribute (an ``nn.Module``, kept out of the model's
+    parameters), ``adversary_loss(ctx)`` computed on detached latents, ``adversary_steps`` (steps per
+    model step, default 1) and ``adversary_lr``. The trainer gives the adversary its own optimiser.
+    """
+
+
+def has_method(obj: Any, name: str) -> bool:
+    return callable(getattr(obj, name, None))
+
+
+def regularizer_problems(obj: Any) -> list[str]:
+    """What keeps ``obj`` from being a valid regulariser (empty when it is one)."""
+    problems = []
+    if not (has_method(obj, "loss") or has_method(obj, "handler")):
+        problems.append("it has neither a loss(ctx) nor a handler(weight) method")
+    adversary = getattr(obj, "adversary", None)
+    if adversary is not None:
+        if not isinstance(adversary, nn.Module):
+            problems.append("its 'adversary' is not a torch.nn.Module")
+        if not has_method(obj, "adversary_loss"):
+            problems.append("it has an adversary but no adversary_loss(ctx) method")
+    return problems
+
+
+def instance_problems(kind: str, obj: Any) -> list[str]:
+    """What keeps a built component from honouring the protocol of ``kind``."""
+    if kind == "regularizer":
+        return regularizer_problems(obj)
+    problems = []
+    if not isinstance(obj, nn.Module):
+        problems.append(f"it returned a {type(obj).__name__}, not a torch.nn.Module")
+    if kind == "prior" and not has_method(obj, "distribution"):
+        problems.append("it has no distribution(labels, n) method")
+    if kind == "likelihood":
+        for method in ("distribution", "mean"):
+            if not has_method(obj, method):
+                problems.append(f"it has no {method}(params, library) method")
+        if getattr(obj, "input_kind", None) not in ("counts", "real"):
+            problems.append("its input_kind is not 'counts' or 'real'")
+        heads = getattr(obj, "heads", None)
+        if not (isinstance(heads, Sequence) and heads and all(isinstance(h, str) for h in heads)):
+            problems.append("its heads is not a non-empty tuple of names")
+    return problems
+
+
+#: Positional arguments fcrkit passes to each kind's factory (checked at registration).
+FACTORY_ARGS: dict[str, tuple[str, ...]] = {
+    "encoder": ("n_input", "n_output", "label_dims"),
+    "prior": ("dim", "label_dims"),
+    "decoder": ("n_input", "n_output", "heads", "label_dims"),
+    "likelihood": ("n_genes",),
+    "regularizer": ("info",),
+}
+
+#: Methods a factory that is a class must define (checked at registration).
+CLASS_METHODS: dict[str, tuple[str, ...]] = {
+    "encoder": ("forward",),
+    "prior": ("distribution",),
+    "decoder": ("forward",),
+    "likelihood": ("distribution", "mean"),
+    "regularizer": (),
+}
+
