@@ -1,0 +1,92 @@
+"""Small neural-network pieces shared by the built-in components."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fcrkit.errors import ConfigError, listing
+from fcrkit.protocols import Labels
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+}
+NORMS = ("batch", "layer", "none")
+
+
+def _check_choice(option: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"option {option}={value!r} is not one of {listing(choices)}.")
+
+
+def _check_int(option: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"option {option}={value!r} must be an integer >= {minimum}.")
+
+
+def mlp(
+    n_input: int,
+    n_hidden: int,
+    n_layers: int,
+    *,
+    norm: str = "batch",
+    dropout: float = 0.0,
+    activation: str = "relu",
+) -> nn.Sequential:
+    """``n_layers`` blocks of Linear -> norm -> activation -> dropout (empty when ``n_layers == 0``).
+
+    The output width is ``n_hidden``, or ``n_input`` when ``n_layers == 0``.
+    """
+    _check_int("n_hidden", n_hidden, 1)
+    _check_int("n_layers", n_layers, 0)
+    _check_choice("norm", norm, NORMS)
+    _check_choice("activation", activation, tuple(ACTIVATIONS))
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ConfigError(f"option dropout={dropout!r} must be in [0, 1).")
+    layers: list[nn.Module] = []
+    width = n_input
+    for _ in range(n_layers):
+        layers.append(nn.Linear(width, n_hidden))
+        if norm == "batch":
+            # scvi-tools' settings: a BatchNorm that adapts quickly and tolerates small batches
+            layers.append(nn.BatchNorm1d(n_hidden, momentum=0.01, eps=1e-3))
+        elif norm == "layer":
+            layers.append(nn.LayerNorm(n_hidden, elementwise_affine=False))
+        layers.append(ACTIVATIONS[activation]())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = n_hidden
+    return nn.Sequential(*layers)
+
+
+def mlp_width(n_input: int, n_hidden: int, n_layers: int) -> int:
+    """Output width of :func:`mlp` with these sizes."""
+    return n_hidden if n_layers > 0 else n_input
+
+
+def with_labels(inputs: Tensor, labels: Labels, keys: Sequence[str]) -> Tensor:
+    """``inputs`` with the label tensors named by ``keys`` appended as columns."""
+    if not keys:
+        return inputs
+    return torch.cat([inputs, *(labels[k] for k in keys)], dim=-1)
+
+
+def label_matrix(labels: Labels, keys: Sequence[str]) -> Tensor:
+    """The label tensors named by ``keys`` side by side."""
+    return torch.cat([labels[k] for k in keys], dim=-1)
+
+
+def positive(raw: Tensor, minimum: float) -> Tensor:
+    """A strictly positive scale from an unconstrained output (softplus, floored)."""
+    return nn.functional.softplus(raw) + minimum
+
+
+def total_width(label_dims: Mapping[str, int]) -> int:
+    return int(sum(label_dims.values()))

@@ -1,0 +1,110 @@
+"""Built-in priors of a latent block."""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+
+from fcrkit.components.nn import label_matrix, mlp, mlp_width, positive, total_width
+from fcrkit.errors import ConfigError, listing
+from fcrkit.hookspecs import hookimpl
+from fcrkit.protocols import LabelDims, Labels
+
+
+class StandardNormal(nn.Module):
+    """Standard normal prior N(0, I), conditioned on nothing."""
+
+    def __init__(self, dim: int, label_dims: LabelDims):
+        super().__init__()
+        if label_dims:
+            raise ConfigError(
+                f"prior 'standard_normal' conditions on nothing, but the spec gives it conditions "
+                f"{listing(label_dims)}; remove them or use 'conditional_gaussian'."
+            )
+        self.dim = dim
+        self.register_buffer("_zero", torch.zeros(()), persistent=False)  # follows .to(device)
+
+    def distribution(self, labels: Labels, n: int) -> dist.Distribution:
+        loc = self._zero.expand(n, self.dim)
+        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+
+class ConditionalGaussian(nn.Module):
+    """Conditional diagonal Gaussian p(z | labels): mean and scale are functions of label embeddings.
+
+    Both the mean and the scale depend on the condition, which is what identifiability results for
+    conditional priors (iVAE, FCR) need.
+
+    Args:
+        dim: latent dimension of the block.
+        label_dims: the labels it conditions on (its spec ``conditions``, e.g. ``["x"]``).
+        combine: ``"concat"`` embeds the concatenated labels with one MLP; ``"product"`` embeds each
+            condition with its own MLP and multiplies the embeddings element-wise (FCR's
+            ``k_t ⊙ k_x``; needs two or more conditions).
+        n_hidden: embedding width.
+        n_layers: MLP depth of each embedding (0 with ``"concat"``: linear in the one-hot labels).
+        activation: hidden activation.
+        learn_scale: if False the scale is fixed to 1 and only the mean depends on the labels.
+        min_scale: floor of the prior standard deviation.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        label_dims: LabelDims,
+        *,
+        combine: str = "concat",
+        n_hidden: int = 64,
+        n_layers: int = 1,
+        activation: str = "relu",
+        learn_scale: bool = True,
+        min_scale: float = 1e-3,
+    ):
+        super().__init__()
+        if not label_dims:
+            raise ConfigError(
+                "prior 'conditional_gaussian' needs labels to condition on: give it conditions, "
+                "e.g. prior = {name = 'conditional_gaussian', conditions = ['x']}."
+            )
+        if combine not in ("concat", "product"):
+            raise ConfigError(f"option combine={combine!r} is not one of 'concat', 'product'.")
+        if combine == "product" and (len(label_dims) < 2 or n_layers < 1):
+            raise ConfigError("combine='product' needs at least two conditions and n_layers >= 1.")
+        self.dim = dim
+        self.conditions = tuple(label_dims)
+        self.combine = combine
+        if combine == "concat":
+            n_in = total_width(label_dims)
+            self.embed = nn.ModuleDict({"all": mlp(n_in, n_hidden, n_layers, norm="none", activation=activation)})
+            width = mlp_width(n_in, n_hidden, n_layers)
+        else:
+            self.embed = nn.ModuleDict(
+                {key: mlp(d, n_hidden, n_layers, norm="none", activation=activation) for key, d in label_dims.items()}
+            )
+            width = n_hidden
+        self.loc = nn.Linear(width, dim)
+        self.scale = nn.Linear(width, dim) if learn_scale else None
+        self.min_scale = float(min_scale)
+
+    def embedding(self, labels: Labels) -> Tensor:
+        """The condition embedding the mean and scale heads read."""
+        if self.combine == "concat":
+            return self.embed["all"](label_matrix(labels, self.conditions))
+        parts = [self.embed[key](labels[key]) for key in self.conditions]
+        out = parts[0]
+        for part in parts[1:]:
+            out = out * part
+        return out
+
+    def distribution(self, labels: Labels, n: int) -> dist.Distribution:
+        h = self.embedding(labels)
+        loc = self.loc(h)
+        scale = positive(self.scale(h), self.min_scale) if self.scale is not None else torch.ones_like(loc)
+        return dist.Normal(loc, scale).to_event(1)
+
+
+@hookimpl
+def fcrkit_register_components(registry) -> None:
+    registry.prior("standard_normal", StandardNormal)
+    registry.prior("conditional_gaussian", ConditionalGaussian)

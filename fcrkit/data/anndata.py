@@ -1,0 +1,585 @@
+"""Registering an AnnData with fcrkit: which matrix to model and how its labels are encoded.
+
+``setup_anndata`` (the scvi-tools idea) validates the data once, records the choice of matrix and
+label columns plus the label vocabularies in ``adata.uns["fcrkit"]``, and returns an
+:class:`AnnDataSetup`. The setup turns any ``obs`` table with the same columns into the label
+arrays described in :mod:`fcrkit.protocols` ("Labels"):
+
+``"x"``
+    the covariates, one-hot per covariate column, concatenated in ``covariate_keys`` order;
+``"t"``
+    the treatment, dose-weighted multi-hot over the treatment vocabulary:
+    ``t = sum_d dose_d * onehot(d)``. Combinations are written ``A+B`` in the treatment column;
+    a control (the label ``control_value``, or a ``control`` part of a combination) adds nothing,
+    so controls have ``t = 0``. Without a dose column every dose is 1. A numeric dose applies to
+    every part of a combination; a string dose such as ``"1.0+0.5"`` gives one dose per part.
+
+A condition whose width would be 0 (no covariates, no treatment vocabulary) is left out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from fcrkit.errors import ConfigError, DataError, did_you_mean, listing
+
+#: Key of ``adata.uns`` that holds the registered setup.
+UNS_KEY = "fcrkit"
+#: Separator of the parts of a combination treatment (``"A+B"``) and of its doses (``"1+0.5"``).
+COMBINATION_SEP = "+"
+#: A matrix of non-negative integers whose maximum exceeds this looks like raw counts.
+COUNT_LIKE_MAX = 20.0
+
+_SETUP_VERSION = 1
+_DOSE_SEP = re.compile(r"(?<![eE])\+")  # split "1+0.5" but keep "1e+03" whole
+_BLOCK_ELEMENTS = 1 << 24  # dense matrices are scanned in row blocks of about this many values
+
+Matrix = np.ndarray | sp.csr_matrix
+
+
+@dataclass(frozen=True)
+class AnnDataSetup:
+    """What :func:`setup_anndata` registered: the matrix, the label columns and their vocabularies.
+
+    Attributes:
+        layer: layer holding the modelled values; ``None`` means ``adata.X``.
+        treatment_key: obs column of the treatment labels (``None``: no treatment).
+        dose_key: obs column of the doses (``None``: every dose is 1).
+        covariate_keys: obs columns of the categorical covariates, in encoding order.
+        control_value: the treatment label of control cells.
+        treatments: vocabulary of single treatments, sorted, the control excluded.
+        covariate_levels: per covariate key, its sorted levels (as strings).
+    """
+
+    layer: str | None
+    treatment_key: str | None
+    dose_key: str | None
+    covariate_keys: tuple[str, ...]
+    control_value: str
+    treatments: tuple[str, ...]
+    covariate_levels: dict[str, tuple[str, ...]]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "covariate_keys", _str_tuple(self.covariate_keys))
+        object.__setattr__(self, "treatments", _str_tuple(self.treatments))
+        object.__setattr__(self, "control_value", str(self.control_value))
+        levels = {str(k): _str_tuple(v) for k, v in self.covariate_levels.items()}
+        missing = [k for k in self.covariate_keys if k not in levels]
+        if missing:
+            raise ConfigError(f"covariate_levels lacks the levels of covariate(s) {listing(missing)}.")
+        object.__setattr__(self, "covariate_levels", {k: levels[k] for k in self.covariate_keys})
+
+    @property
+    def label_dims(self) -> dict[str, int]:
+        """Width of each condition: ``{"x": total covariate levels, "t": len(treatments)}``.
+
+        A condition of width 0 is omitted.
+        """
+        dims = {
+            "x": sum(len(levels) for levels in self.covariate_levels.values()),
+            "t": len(self.treatments),
+        }
+        return {key: width for key, width in dims.items() if width}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict for ``adata.uns`` that survives ``write_h5ad`` / ``read_h5ad``.
+
+        h5ad cannot store ``None``: an absent ``layer``, ``treatment_key`` or ``dose_key`` is
+        simply left out of the dict (and :meth:`from_dict` reads a missing entry as ``None``).
+        """
+        d: dict[str, Any] = {
+            "version": _SETUP_VERSION,
+            "covariate_keys": list(self.covariate_keys),
+            "control_value": self.control_value,
+            "treatments": list(self.treatments),
+            "covariate_levels": {k: list(v) for k, v in self.covariate_levels.items()},
+        }
+        optional = {"layer": self.layer, "treatment_key": self.treatment_key, "dose_key": self.dose_key}
+        d.update({key: value for key, value in optional.items() if value is not None})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnnDataSetup:
+        """Rebuild a setup from :meth:`to_dict` output (also after an h5ad round trip)."""
+        if not isinstance(d, Mapping) or "control_value" not in d:
+            raise DataError(
+                f"adata.uns[{UNS_KEY!r}] is not an fcrkit setup; call "
+                "fcrkit.setup_anndata(adata, ...) again."
+            )
+        return cls(
+            layer=_optional_str(d.get("layer")),
+            treatment_key=_optional_str(d.get("treatment_key")),
+            dose_key=_optional_str(d.get("dose_key")),
+            covariate_keys=_str_tuple(d.get("covariate_keys", ())),
+            control_value=str(d["control_value"]),
+            treatments=_str_tuple(d.get("treatments", ())),
+            covariate_levels=dict(d.get("covariate_levels", {})),
+        )
+
+    def encode_labels(self, obs: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Encode the label columns of ``obs`` as float32 arrays ``{"x": (n, n_x), "t": (n, n_t)}``.
+
+        Raises:
+            DataError: a column is missing or has missing values, a covariate level or treatment
+                was not seen by :func:`setup_anndata`, or a dose is invalid.
+        """
+        labels: dict[str, np.ndarray] = {}
+        if self.covariate_keys:
+            labels["x"] = self._encode_covariates(obs)
+        if self.treatments:
+            labels["t"] = self._encode_treatments(obs)
+        return {key: value for key, value in labels.items() if value.shape[1]}
+
+    def condition_codes(self, obs: pd.DataFrame) -> np.ndarray:
+        """An int64 id per cell of its (covariates..., treatment label) combination.
+
+        Ids number the distinct combinations in sorted order. The treatment label is canonical:
+        the parts of a combination are sorted (``B+A`` is ``A+B``) and control parts dropped (a
+        label of only controls is ``control_value``). Doses are not part of the condition.
+        """
+        arrays = [_label_strings(obs, key, "covariate") for key in self.covariate_keys]
+        if self.treatment_key is not None:
+            arrays.append(self._canonical_treatments(obs))
+        if not arrays:
+            return np.zeros(len(obs), dtype=np.int64)
+        codes, _ = pd.MultiIndex.from_arrays(arrays).factorize(sort=True)
+        return codes.astype(np.int64)
+
+    # -- covariates -------------------------------------------------------------------------------
+
+    def _encode_covariates(self, obs: pd.DataFrame) -> np.ndarray:
+        blocks = [self._one_hot(obs, key) for key in self.covariate_keys]
+        return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
+
+    def _one_hot(self, obs: pd.DataFrame, key: str) -> np.ndarray:
+        levels = self.covariate_levels[key]
+        values = _label_strings(obs, key, "covariate")
+        codes = pd.Categorical(values, categories=levels).codes
+        unseen = np.unique(values[codes < 0])
+        if unseen.size:
+            raise DataError(
+                f"covariate column {key!r} has level(s) {listing(unseen)} that were not seen by "
+                f"setup_anndata (known levels: {listing(levels)}). Set up the model on data that "
+                "contains them, or drop those cells."
+            )
+        return np.eye(len(levels), dtype=np.float32)[codes]
+
+    # -- treatments -------------------------------------------------------------------------------
+
+    def _encode_treatments(self, obs: pd.DataFrame) -> np.ndarray:
+        assert self.treatment_key is not None
+        arrays = [_label_strings(obs, self.treatment_key, "treatment")]
+        if self.dose_key is not None:
+            arrays.append(_dose_values(obs, self.dose_key))
+        codes, pairs, first = _factorize_rows(arrays)
+        self._check_known_treatments(label for label, *_ in pairs)
+        position = {name: j for j, name in enumerate(self.treatments)}
+        table = np.zeros((len(pairs), len(self.treatments)), dtype=np.float32)
+        for row, (label, *dose) in enumerate(pairs):
+            cell = obs.index[first[row]]
+            for part, amount in self._dosed_parts(label, dose[0] if dose else 1.0, cell):
+                table[row, position[part]] += amount
+        return table[codes]
+
+    def _dosed_parts(self, label: str, dose: Any, cell: Any) -> Iterator[tuple[str, float]]:
+        """The (treatment, dose) pairs of one label, controls left out."""
+        parts = split_treatment(label, self.treatment_key)
+        doses = parse_dose(dose, len(parts), label=label, column=self.dose_key, cell=cell)
+        return ((p, d) for p, d in zip(parts, doses) if p != self.control_value)
+
+    def _check_known_treatments(self, labels: Iterable[str]) -> None:
+        known = set(self.treatments) | {self.control_value}
+        seen = {p for label in labels for p in split_treatment(label, self.treatment_key)}
+        unseen = seen - known
+        if unseen:
+            raise DataError(
+                f"treatment column {self.treatment_key!r} has treatment(s) {listing(unseen)} that "
+                f"were not seen by setup_anndata (known treatments: {listing(self.treatments)}; "
+                f"control: {self.control_value!r}).{did_you_mean(min(unseen), known)}"
+            )
+
+    def _canonical_treatments(self, obs: pd.DataFrame) -> np.ndarray:
+        assert self.treatment_key is not None
+        values = _label_strings(obs, self.treatment_key, "treatment")
+        codes, uniques = pd.factorize(values)
+        canonical = np.array([self._canonical(label) for label in uniques], dtype=object)
+        return canonical[codes]
+
+    def _canonical(self, label: str) -> str:
+        parts = sorted(p for p in split_treatment(label, self.treatment_key) if p != self.control_value)
+        return COMBINATION_SEP.join(parts) if parts else self.control_value
+
+
+# -- registration -----------------------------------------------------------------------------------
+
+
+def setup_anndata(
+    adata: AnnData,
+    layer: str | None = None,
+    treatment_key: str | None = None,
+    dose_key: str | None = None,
+    covariate_keys: str | Iterable[str] = (),
+    control_value: str = "control",
+) -> AnnDataSetup:
+    """Validate ``adata`` and register which matrix and label columns fcrkit models.
+
+    Args:
+        adata: the data; the setup is stored in ``adata.uns["fcrkit"]``.
+        layer: layer holding the values to model (``None``: ``adata.X``).
+        treatment_key: obs column of treatment labels; combinations are written ``A+B``.
+        dose_key: obs column of doses: numbers, or strings like ``"1.0+0.5"`` (one per part).
+        covariate_keys: obs column(s) of categorical covariates (a single name is fine).
+        control_value: the treatment label of control cells (their ``t`` is all zeros).
+
+    Returns:
+        The :class:`AnnDataSetup`, also retrievable with :func:`get_setup`.
+
+    Raises:
+        ConfigError: an argument has the wrong type.
+        DataError: the data do not fit the arguments (missing column or layer, missing labels,
+            non-finite values, bad doses, no cells or genes ...). The message names the culprit.
+    """
+    if not isinstance(adata, AnnData):
+        raise ConfigError(f"setup_anndata expects an AnnData, got a {type(adata).__name__}.")
+    layer = _optional_key(layer, "layer")
+    treatment_key = _optional_key(treatment_key, "treatment_key")
+    dose_key = _optional_key(dose_key, "dose_key")
+    covariate_keys = _key_tuple(covariate_keys)
+    control_value = _control_value(control_value)
+    if dose_key is not None and treatment_key is None:
+        raise DataError(
+            f"dose_key={dose_key!r} was given without treatment_key; doses need a treatment "
+            "column: pass treatment_key= as well."
+        )
+    _check_not_empty(adata)
+    matrix = get_matrix(adata, layer)
+    _check_finite(matrix, layer, adata.obs_names)
+    setup = AnnDataSetup(
+        layer=layer,
+        treatment_key=treatment_key,
+        dose_key=dose_key,
+        covariate_keys=covariate_keys,
+        control_value=control_value,
+        treatments=_treatment_vocabulary(adata.obs, treatment_key, control_value),
+        covariate_levels={key: _levels(adata.obs, key) for key in covariate_keys},
+    )
+    setup.encode_labels(adata.obs)  # validates doses and combination shapes
+    adata.uns[UNS_KEY] = setup.to_dict()
+    return setup
+
+
+def get_setup(adata: AnnData) -> AnnDataSetup:
+    """The setup registered on ``adata`` by :func:`setup_anndata`."""
+    stored = adata.uns.get(UNS_KEY)
+    if stored is None:
+        raise DataError(
+            "this AnnData has not been set up for fcrkit: call fcrkit.setup_anndata(adata, ...) first."
+        )
+    return AnnDataSetup.from_dict(stored)
+
+
+def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
+    """``adata.X`` (``layer=None``) or ``adata.layers[layer]`` as a dense ndarray or a CSR matrix.
+
+    Other sparse formats (CSC, COO, sparse arrays) are converted to ``scipy.sparse.csr_matrix``.
+    """
+    if layer is None:
+        matrix = adata.X
+        if matrix is None:
+            raise DataError("adata.X is empty (None); pass layer= to name the layer to model.")
+    else:
+        if layer not in adata.layers:
+            raise DataError(
+                f"layer {layer!r} is not in adata.layers (layers: {listing(adata.layers.keys())}); "
+                f"pass one of them, or layer=None for adata.X.{did_you_mean(layer, adata.layers.keys())}"
+            )
+        matrix = adata.layers[layer]
+    return as_matrix(matrix)
+
+
+def as_matrix(matrix: Any) -> Matrix:
+    """Convert anything matrix-like to a 2-D dense ndarray or a ``scipy.sparse.csr_matrix``."""
+    if hasattr(matrix, "to_memory"):  # anndata's backed sparse datasets
+        matrix = matrix.to_memory()
+    if sp.issparse(matrix):
+        return matrix if isinstance(matrix, sp.csr_matrix) else sp.csr_matrix(matrix)
+    array = np.asarray(matrix)
+    if array.ndim != 2:
+        raise DataError(f"expected a 2-D cells x genes matrix, got an array of shape {array.shape}.")
+    return array
+
+
+# -- value checks ------------------------------------------------------------------------------------
+
+
+def check_values(
+    matrix: Matrix,
+    input_kind: Literal["counts", "real"],
+    *,
+    likelihood: str,
+    layer: str | None,
+    allow_counts: bool = False,
+) -> None:
+    """Refuse a matrix whose values do not fit what a likelihood models.
+
+    Args:
+        matrix: dense ndarray or CSR (only the stored values of a CSR are read).
+        input_kind: ``"counts"`` refuses negative or non-integer values; ``"real"`` refuses data
+            that look like raw counts (all non-negative integers with a maximum above
+            :data:`COUNT_LIKE_MAX`).
+        likelihood: name of the likelihood, for the message.
+        layer: name of the layer, for the message (``None``: ``X``).
+        allow_counts: skip the "looks like raw counts" check of ``"real"``.
+
+    Raises:
+        DataError: naming the likelihood, the layer, an offending value and its cell index.
+    """
+    if input_kind == "counts":
+        _check_counts(matrix, likelihood, layer)
+    elif input_kind == "real":
+        if not allow_counts:
+            _check_not_counts(matrix, likelihood, layer)
+    else:
+        raise ConfigError(f"input_kind must be 'counts' or 'real', got {input_kind!r}.")
+
+
+def _check_counts(matrix: Matrix, likelihood: str, layer: str | None) -> None:
+    count, row, value = _scan(matrix, _not_count)
+    if count:
+        raise DataError(
+            f"likelihood {likelihood!r} models non-negative integer counts, but {_matrix_name(layer)} "
+            f"holds {value:.6g} (cell index {row}; {count} such value(s)). For log-normalised "
+            "data use likelihood=\"gaussian\"; if raw counts are in a layer, point layer= at it "
+            "(fcrkit.setup_anndata(adata, layer=\"counts\", ...))."
+        )
+
+
+def _check_not_counts(matrix: Matrix, likelihood: str, layer: str | None) -> None:
+    non_counts, _, _ = _scan(matrix, _not_count, stop_early=True)
+    largest = _max(matrix)
+    if not non_counts and largest > COUNT_LIKE_MAX:
+        raise DataError(
+            f"likelihood {likelihood!r} models real-valued (e.g. log-normalised) data, but "
+            f"{_matrix_name(layer)} holds only non-negative integers up to {largest:.6g}: it looks "
+            "like raw counts. Use a count likelihood (\"nb\", \"zinb\" or \"poisson\"), or "
+            "log-normalise first (e.g. scanpy.pp.normalize_total then scanpy.pp.log1p)."
+        )
+
+
+def _check_finite(matrix: Matrix, layer: str | None, obs_names: pd.Index) -> None:
+    if not np.issubdtype(matrix.dtype, np.inexact):
+        return  # integer and boolean matrices hold only finite values
+    count, row, value = _scan(matrix, lambda v: ~np.isfinite(v))
+    if count:
+        raise DataError(
+            f"{_matrix_name(layer)} has {count} non-finite value(s) (NaN or infinite); the first, "
+            f"{value}, is in cell {obs_names[row]!r} (index {row}). Remove or impute them first."
+        )
+
+
+def _not_count(values: np.ndarray) -> np.ndarray:
+    """Mask of values that are not non-negative integers (NaN included)."""
+    if values.dtype == np.bool_:
+        return np.zeros(values.shape, dtype=bool)
+    if np.issubdtype(values.dtype, np.integer):
+        return values < 0
+    return ~((values >= 0) & (values == np.floor(values)))
+
+
+def _scan(matrix: Matrix, is_bad: Any, *, stop_early: bool = False) -> tuple[int, int, Any]:
+    """Count the values where ``is_bad`` holds; return ``(count, first row, first value)``.
+
+    CSR matrices are scanned through their stored values only; dense ones in row blocks, so no
+    full-size temporary is made. With ``stop_early`` the count stops at the first bad block.
+    """
+    if sp.issparse(matrix):
+        bad = is_bad(matrix.data)
+        count = int(bad.sum())
+        if not count:
+            return 0, -1, None
+        position = int(np.argmax(bad))
+        row = int(np.searchsorted(matrix.indptr, position, side="right") - 1)
+        return count, row, matrix.data[position]
+    total, first = 0, (-1, None)
+    for start, block in _row_blocks(matrix):
+        bad = is_bad(block)
+        count = int(bad.sum())
+        if count and total == 0:
+            r, c = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            first = (start + int(r), block[r, c])
+        total += count
+        if total and stop_early:
+            break
+    return total, first[0], first[1]
+
+
+def _row_blocks(matrix: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    step = max(1, _BLOCK_ELEMENTS // max(1, matrix.shape[1]))
+    for start in range(0, matrix.shape[0], step):
+        yield start, matrix[start : start + step]
+
+
+def _max(matrix: Matrix) -> float:
+    values = matrix.data if sp.issparse(matrix) else matrix
+    return float(values.max()) if values.size else 0.0
+
+
+def _matrix_name(layer: str | None) -> str:
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+# -- argument and column helpers --------------------------------------------------------------------
+
+
+def _optional_key(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigError(f"{name} must be a string or None, got {value!r} ({type(value).__name__}).")
+
+
+def _key_tuple(keys: Any) -> tuple[str, ...]:
+    if keys is None:
+        return ()
+    if isinstance(keys, str):
+        return (keys,)
+    try:
+        keys = tuple(keys)
+    except TypeError:
+        raise ConfigError(
+            f"covariate_keys must be a column name or a list of them, got {keys!r}."
+        ) from None
+    bad = [k for k in keys if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"covariate_keys must be strings; got {bad[0]!r} ({type(bad[0]).__name__}).")
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ConfigError(f"covariate_keys lists {listing(duplicates)} more than once.")
+    return keys
+
+
+def _control_value(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, np.integer)):
+        raise ConfigError(f"control_value must be a string, got {value!r} ({type(value).__name__}).")
+    return str(value)
+
+
+def _check_not_empty(adata: AnnData) -> None:
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise DataError(
+            f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); fcrkit needs at "
+            "least one cell and one gene. Check the filtering that produced it."
+        )
+
+
+def _obs_column(obs: pd.DataFrame, key: str, role: str) -> pd.Series:
+    """``obs[key]``, refusing a missing column or missing values with a helpful DataError."""
+    if key not in obs.columns:
+        raise DataError(
+            f"{role} key {key!r} is not a column of adata.obs (columns: {listing(obs.columns)})."
+            f"{did_you_mean(key, obs.columns)}"
+        )
+    column = obs[key]
+    missing = int(column.isna().sum())
+    if missing:
+        raise DataError(
+            f"{role} column {key!r} has {missing} missing value(s) (NaN) among {len(column)} cells; "
+            f"fill them or drop those cells, e.g. adata = adata[adata.obs[{key!r}].notna()].copy()."
+        )
+    return column
+
+
+def _label_strings(obs: pd.DataFrame, key: str, role: str) -> np.ndarray:
+    """The labels of column ``key`` as an object array of str (categorical or numeric alike)."""
+    return _obs_column(obs, key, role).astype(str).to_numpy(dtype=object)
+
+
+def _dose_values(obs: pd.DataFrame, key: str) -> np.ndarray:
+    """Doses as floats (numeric column) or strings (one dose or ``"1+0.5"`` per cell)."""
+    column = _obs_column(obs, key, "dose")
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return column.to_numpy(dtype=np.float64)
+    return column.astype(str).to_numpy(dtype=object)
+
+
+def _levels(obs: pd.DataFrame, key: str) -> tuple[str, ...]:
+    return tuple(sorted(set(_label_strings(obs, key, "covariate"))))
+
+
+def _treatment_vocabulary(obs: pd.DataFrame, key: str | None, control_value: str) -> tuple[str, ...]:
+    if key is None:
+        return ()
+    labels = pd.unique(_label_strings(obs, key, "treatment"))
+    parts = {p for label in labels for p in split_treatment(label, key)}
+    if control_value not in parts:
+        raise DataError(
+            f"control_value {control_value!r} does not occur in treatment column {key!r} "
+            f"(values: {listing(labels)}); pass control_value= one of them."
+            f"{did_you_mean(control_value, labels)}"
+        )
+    return tuple(sorted(parts - {control_value}))
+
+
+def split_treatment(label: str, column: str | None = None) -> tuple[str, ...]:
+    """The parts of a treatment label: ``"A+B"`` -> ``("A", "B")`` (whitespace stripped)."""
+    parts = tuple(part.strip() for part in str(label).split(COMBINATION_SEP))
+    if not all(parts):
+        raise DataError(
+            f"treatment {label!r} in obs column {column!r} has an empty part; write combinations "
+            "as 'A+B' with no leading, trailing or doubled '+'."
+        )
+    return parts
+
+
+def parse_dose(
+    value: Any, n_parts: int, *, label: str, column: str | None, cell: Any
+) -> tuple[float, ...]:
+    """One non-negative dose per part of a treatment.
+
+    ``value`` is a number (applied to every part) or a string of one number or of one number per
+    part joined by ``+`` (``"1.0+0.5"``).
+    """
+    where = f"cell {cell!r} (treatment {label!r}, dose column {column!r})"
+    try:
+        doses = tuple(float(p) for p in _DOSE_SEP.split(value)) if isinstance(value, str) else (float(value),)
+    except ValueError:
+        raise DataError(
+            f"dose {value!r} of {where} is not a number; doses are numbers, or one number per "
+            "part of a combination joined by '+' (e.g. '1.0+0.5')."
+        ) from None
+    if len(doses) == 1:
+        doses = doses * n_parts
+    elif len(doses) != n_parts:
+        raise DataError(
+            f"dose {value!r} of {where} has {len(doses)} parts but the treatment has {n_parts}; "
+            "give one dose per part, or a single dose for all parts."
+        )
+    if not all(np.isfinite(d) and d >= 0 for d in doses):
+        raise DataError(f"dose {value!r} of {where} must be finite and non-negative.")
+    return doses
+
+
+def _factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, list[tuple], np.ndarray]:
+    """Codes of the distinct rows of parallel arrays, the rows, and each row's first position."""
+    codes, uniques = pd.MultiIndex.from_arrays(arrays).factorize()
+    _, first = np.unique(codes, return_index=True)
+    return codes, list(uniques), first
+
+
+def _str_tuple(values: Any) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        return (values,)
+    return tuple(str(v) for v in np.asarray(values, dtype=object).ravel())
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,253 @@
+"""Cells as tensors on the training device, served as minibatches.
+
+:class:`CellData` holds the modelled matrix, the encoded labels and the library sizes as tensors,
+and slices minibatches by index where the data live, with no DataLoader and no per-cell Python:
+
+- a dense matrix is stored once, as a float32 tensor;
+- a CSR matrix is stored as its three arrays (row pointers, column indices, values) and each
+  minibatch is densified on its own, with vectorised gathers and one scatter; the whole matrix is
+  never densified. (Gathering a batch's nonzeros needs their number, so a sparse batch costs one
+  host-device synchronisation on CUDA.)
+
+Placement: labels and library sizes always live on ``device``. On CUDA, a matrix that would take
+more than half of the free GPU memory stays on the host (pinned when possible): each minibatch is
+gathered there and then copied over (for CSR only the batch's nonzeros travel; the scatter into
+the dense batch happens on the GPU). ``CellData.storage_device`` says where the matrix is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from torch import Tensor
+
+from fcrkit.data.anndata import AnnDataSetup, as_matrix, get_matrix
+from fcrkit.errors import ConfigError, DataError
+
+#: Keep the matrix on the GPU only if it takes at most this fraction of the free GPU memory.
+GPU_MEMORY_FRACTION = 0.5
+
+
+@dataclass
+class Batch:
+    """One minibatch of cells, every tensor on the data's device.
+
+    Attributes:
+        y: ``(B, G)`` float32 data values.
+        library: ``(B, 1)`` float32 total of each cell's row over all genes of the matrix.
+        labels: ``{"x": (B, n_x), "t": (B, n_t)}`` float32, the keys that ``encode_labels`` gave.
+        index: ``(B,)`` int64 row numbers of the cells within the :class:`CellData`.
+    """
+
+    y: Tensor
+    library: Tensor
+    labels: dict[str, Tensor]
+    index: Tensor
+
+
+class CellData:
+    """A cells x genes matrix with its labels, held as tensors and served as minibatches.
+
+    Args:
+        matrix: dense ndarray or scipy CSR matrix of any numeric dtype (other sparse formats are
+            converted to CSR). On CPU a float32 C-contiguous ndarray is shared, not copied: do not
+            modify it while the CellData is in use.
+        labels: encoded labels, each an array with one row per cell (see
+            :meth:`AnnDataSetup.encode_labels`).
+        device: where the batches are produced (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
+
+    Attributes:
+        n_obs, n_genes: shape of the matrix.
+        device: the device of every :class:`Batch`.
+        storage_device: where the matrix is kept (differs from ``device`` only for a matrix too
+            large for the GPU, see the module docstring).
+        labels: the encoded labels, ``(n_obs, width)`` float32 tensors on ``device``.
+        library: ``(n_obs, 1)`` float32 row totals on ``device``.
+    """
+
+    def __init__(self, matrix: Any, labels: Mapping[str, np.ndarray], device: str | torch.device = "cpu"):
+        matrix = as_matrix(matrix)
+        self.n_obs, self.n_genes = (int(n) for n in matrix.shape)
+        self.device = torch.device(device)
+        self.is_sparse = sp.issparse(matrix)
+        self.storage_device = _storage_device(self.device, _nbytes(matrix))
+        pin = self.storage_device.type == "cpu" and self.device.type == "cuda"
+        rows_type = _CSRRows if self.is_sparse else _DenseRows
+        self._rows: _DenseRows | _CSRRows = rows_type(matrix, self.storage_device, pin=pin)
+        self.library = _to_tensor(_row_sums(matrix), self.device)
+        self.labels = {key: self._label_tensor(key, value) for key, value in labels.items()}
+
+    @classmethod
+    def from_anndata(cls, adata: AnnData, setup: AnnDataSetup, device: str | torch.device = "cpu") -> CellData:
+        """The registered matrix and encoded labels of ``adata`` (see :func:`setup_anndata`)."""
+        return cls(get_matrix(adata, setup.layer), setup.encode_labels(adata.obs), device=device)
+
+    def __len__(self) -> int:
+        """Number of cells."""
+        return self.n_obs
+
+    def __repr__(self) -> str:
+        kind = "CSR" if self.is_sparse else "dense"
+        return (
+            f"CellData({self.n_obs} cells x {self.n_genes} genes, {kind}, device={self.device}, "
+            f"labels={ {k: v.shape[1] for k, v in self.labels.items()} })"
+        )
+
+    def batch(self, index: Any) -> Batch:
+        """The cells at row numbers ``index`` (a 1-D integer tensor, array or list; repeats allowed)."""
+        return self._gather(self._check_index(index))
+
+    def iter_batches(
+        self,
+        index: Any,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[Batch]:
+        """Minibatches over the cells at ``index``, each once per pass.
+
+        Args:
+            index: row numbers to iterate over (e.g. the training split).
+            batch_size: cells per batch; the last batch may be smaller unless ``drop_last``.
+            shuffle: visit ``index`` in a random order (``torch.randperm``).
+            generator: source of that randomness; on the data's device, or on the CPU (the
+                permutation is then drawn on the CPU and moved).
+            drop_last: leave out the final incomplete batch.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        index = self._check_index(index)
+        if shuffle:
+            index = index.index_select(0, self._permutation(index.numel(), generator))
+        n = index.numel()
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            yield self._gather(index[start : start + batch_size])
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _gather(self, index: Tensor) -> Batch:
+        """Batch of rows ``index`` (int64, already checked and on ``self.device``)."""
+        return Batch(
+            y=self._rows.rows(index, self.device),
+            library=self.library.index_select(0, index),
+            labels={key: value.index_select(0, index) for key, value in self.labels.items()},
+            index=index,
+        )
+
+    def _check_index(self, index: Any) -> Tensor:
+        """``index`` as a 1-D int64 tensor on ``self.device``, every entry a valid row."""
+        index = torch.as_tensor(index)
+        if index.dtype in (torch.bool, torch.uint8) or index.is_floating_point() or index.is_complex():
+            raise ConfigError(f"index must hold integer row numbers, got dtype {index.dtype}.")
+        if index.ndim != 1:
+            raise ConfigError(f"index must be 1-D, got shape {tuple(index.shape)}.")
+        if index.numel():
+            low, high = int(index.min()), int(index.max())
+            if low < 0 or high >= self.n_obs:
+                bad = low if low < 0 else high
+                raise DataError(f"index holds row {bad}, outside 0..{self.n_obs - 1} of this CellData.")
+        return index.to(device=self.device, dtype=torch.int64)
+
+    def _permutation(self, n: int, generator: torch.Generator | None) -> Tensor:
+        device = generator.device if generator is not None else self.device
+        return torch.randperm(n, generator=generator, device=device).to(self.device)
+
+    def _label_tensor(self, key: str, value: np.ndarray) -> Tensor:
+        array = np.asarray(value, dtype=np.float32)
+        if array.ndim == 1:
+            array = array[:, None]
+        if array.ndim != 2 or array.shape[0] != self.n_obs:
+            raise DataError(
+                f"labels[{key!r}] has shape {array.shape}; expected one row per cell ({self.n_obs})."
+            )
+        return _to_tensor(array, self.device)
+
+
+class _DenseRows:
+    """A dense float32 matrix; rows are gathered with ``index_select``."""
+
+    def __init__(self, matrix: np.ndarray, device: torch.device, *, pin: bool = False):
+        self.values = _to_tensor(matrix, device, pin=pin)
+
+    def rows(self, index: Tensor, device: torch.device) -> Tensor:
+        index = index.to(self.values.device)
+        return self.values.index_select(0, index).to(device, non_blocking=True)
+
+
+class _CSRRows:
+    """A CSR matrix as three tensors; rows are densified per batch, never the whole matrix."""
+
+    def __init__(self, matrix: sp.csr_matrix, device: torch.device, *, pin: bool = False):
+        if not matrix.has_canonical_format:  # duplicate entries would be overwritten, not summed
+            matrix = matrix.copy()
+            matrix.sum_duplicates()
+        col_dtype = np.int32 if matrix.shape[1] < np.iinfo(np.int32).max else np.int64
+        self.n_genes = int(matrix.shape[1])
+        self.crow = _to_tensor(matrix.indptr.astype(np.int64, copy=False), device, dtype=None, pin=pin)
+        self.cols = _to_tensor(matrix.indices.astype(col_dtype, copy=False), device, dtype=None, pin=pin)
+        self.values = _to_tensor(matrix.data, device, pin=pin)
+
+    def rows(self, index: Tensor, device: torch.device) -> Tensor:
+        row, col, value = self._nonzeros(index.to(self.crow.device))
+        out = torch.zeros(index.numel(), self.n_genes, dtype=torch.float32, device=device)
+        out[row.to(device), col.to(device)] = value.to(device, non_blocking=True)
+        return out
+
+    def _nonzeros(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Batch row, gene and value of every stored entry of the rows ``index``."""
+        starts = self.crow.index_select(0, index)
+        counts = self.crow.index_select(0, index + 1) - starts
+        row = torch.repeat_interleave(counts)  # batch row of each nonzero
+        offset_in_row = torch.arange(row.numel(), device=index.device) - (torch.cumsum(counts, 0) - counts)[row]
+        position = starts[row] + offset_in_row
+        return row, self.cols.index_select(0, position).long(), self.values.index_select(0, position)
+
+
+def _to_tensor(array: np.ndarray, device: torch.device, dtype: Any = np.float32, *, pin: bool = False) -> Tensor:
+    """``array`` as a tensor on ``device``; host memory is pinned on request (when possible)."""
+    if dtype is not None:
+        array = np.asarray(array, dtype=dtype)
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    tensor = torch.from_numpy(array)
+    if device.type != "cpu":
+        return tensor.to(device)
+    return _pinned(tensor) if pin else tensor
+
+
+def _pinned(tensor: Tensor) -> Tensor:
+    """A pinned copy of a host tensor (faster copies to the GPU), or the tensor if pinning fails."""
+    try:
+        return tensor.pin_memory()
+    except RuntimeError:  # pinning can fail (limits, no driver): pageable memory still works
+        return tensor
+
+
+def _storage_device(device: torch.device, nbytes: int) -> torch.device:
+    """``device``, or the CPU for a CUDA matrix larger than half of the free GPU memory."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if nbytes <= GPU_MEMORY_FRACTION * free else torch.device("cpu")
+
+
+def _nbytes(matrix: np.ndarray | sp.csr_matrix) -> int:
+    """Bytes the stored matrix will take as tensors."""
+    if sp.issparse(matrix):
+        return matrix.nnz * (4 + 4) + (matrix.shape[0] + 1) * 8
+    return matrix.shape[0] * matrix.shape[1] * 4
+
+
+def _row_sums(matrix: np.ndarray | sp.csr_matrix) -> np.ndarray:
+    """``(n, 1)`` totals per cell over all genes, summed in float64."""
+    return np.asarray(matrix.sum(axis=1, dtype=np.float64)).reshape(-1, 1)

@@ -1,0 +1,135 @@
+"""The generic Pyro model and guide, written once and built from a :class:`~fcrkit.spec.ModelSpec`.
+
+Model, for the cells of a minibatch (one ``pyro.plate("cells", N, subsample=index)``)::
+
+    z_b ~ prior_b(labels)            for each block b (a site named b, event dim = block dim)
+    y   ~ likelihood(decoder([z_1, ..., z_B], labels), library)      (site "y", event dim = genes)
+
+Guide::
+
+    z_b ~ Normal(encoder_b(input(y), labels))
+
+Components are looked up in the registry by name; each sees only the labels its spec lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.poutine import Trace
+from torch import Tensor, nn
+
+from fcrkit.data.loaders import Batch
+from fcrkit.errors import ConfigError, listing
+from fcrkit.protocols import Context, Labels, ModelInfo
+from fcrkit.registry import Registry, get_registry
+from fcrkit.spec import ComponentSpec, ModelSpec
+
+
+class GenerativeModel(nn.Module):
+    """The model and guide of a spec, with its components as sub-modules.
+
+    Args:
+        spec: what the model is made of.
+        label_dims: widths of the labels the data provides (``AnnDataSetup.label_dims``).
+        n_genes: number of genes.
+        registry: where component names are looked up (default: the global registry).
+    """
+
+    def __init__(self, spec: ModelSpec, label_dims: Mapping[str, int], n_genes: int, registry: Registry | None = None):
+        super().__init__()
+        registry = registry or get_registry()
+        self.spec = spec
+        self.n_genes = int(n_genes)
+        self.label_dims = dict(label_dims)
+        self._conditions: dict[str, tuple[str, ...]] = {}
+
+        lik = spec.likelihood
+        if lik.conditions:
+            raise ConfigError(f"likelihood {lik.name!r} cannot condition on labels; remove its conditions.")
+        self.likelihood = registry.build("likelihood", lik.name, self.n_genes, **lik.options)
+        self.priors = nn.ModuleDict()
+        self.encoders = nn.ModuleDict()
+        for block in spec.blocks:
+            self.priors[block.name] = self._build(registry, "prior", block.prior, f"{block.name}.prior", block.dim)
+            self.encoders[block.name] = self._build(
+                registry, "encoder", block.encoder, f"{block.name}.encoder", self.n_genes, block.dim
+            )
+        n_latent = sum(spec.block_dims.values())
+        self.decoder = self._build(
+            registry, "decoder", spec.decoder, "decoder", n_latent, self.n_genes, tuple(self.likelihood.heads)
+        )
+        info = ModelInfo(spec.block_dims, self.label_dims, self.n_genes)
+        self.regularizers: dict[str, object] = {r.name: registry.build("regularizer", r.name, info, **r.options)
+                                                for r in spec.regularizers}
+        # regularisers that hold parameters (adversaries included) are saved with the model
+        self.regularizer_modules = nn.ModuleDict(
+            {name: r for name, r in self.regularizers.items() if isinstance(r, nn.Module)}
+        )
+        transform = spec.encoder_input
+        if transform == "auto":
+            transform = "log1p" if self.likelihood.input_kind == "counts" else "identity"
+        self.encoder_input = transform
+
+    def _build(self, registry: Registry, kind: str, comp: ComponentSpec, key: str, *args: object) -> nn.Module:
+        missing = [c for c in comp.conditions if c not in self.label_dims]
+        if missing:
+            what = {"x": "covariate_keys", "t": "treatment_key"}
+            raise ConfigError(
+                f"{kind} {comp.name!r} ({key}) conditions on {listing(missing)}, but the data has no such "
+                f"labels: pass {' and '.join(what[m] for m in missing)} to fcrkit.setup_anndata."
+            )
+        self._conditions[key] = comp.conditions
+        dims = {c: self.label_dims[c] for c in comp.conditions}
+        return registry.build(kind, comp.name, *args, dims, **comp.options)
+
+    def labels_for(self, key: str, labels: Labels) -> dict[str, Tensor]:
+        """The labels component ``key`` (e.g. ``"z.encoder"``) sees."""
+        return {c: labels[c] for c in self._conditions[key]}
+
+    def inputs(self, y: Tensor) -> Tensor:
+        """What the encoders see of the data."""
+        return torch.log1p(y) if self.encoder_input == "log1p" else y
+
+    # -- Pyro programs ------------------------------------------------------------------------------
+    def model(self, batch: Batch, n_obs: int) -> None:
+        """p(y, z | labels) for the cells of ``batch``; ``n_obs`` is the plate size (training cells)."""
+        n = batch.y.shape[0]
+        with pyro.plate("cells", n_obs, subsample=batch.index):
+            z = [
+                pyro.sample(name, prior.distribution(self.labels_for(f"{name}.prior", batch.labels), n))
+                for name, prior in self.priors.items()
+            ]
+            params = self.decoder(torch.cat(z, dim=-1), self.labels_for("decoder", batch.labels))
+            pyro.sample("y", self.likelihood.distribution(params, batch.library), obs=batch.y)
+
+    def guide(self, batch: Batch, n_obs: int) -> None:
+        """q(z | y, labels) for the cells of ``batch``."""
+        y = self.inputs(batch.y)
+        with pyro.plate("cells", n_obs, subsample=batch.index):
+            for name, encoder in self.encoders.items():
+                loc, scale = encoder(y, self.labels_for(f"{name}.encoder", batch.labels))
+                pyro.sample(name, dist.Normal(loc, scale).to_event(1))
+
+    # -- deterministic use of the parts ---------------------------------------------------------------
+    def encode(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
+        """Posterior ``(loc, scale)`` of each block for the cells of ``batch``."""
+        y = self.inputs(batch.y)
+        return {name: enc(y, self.labels_for(f"{name}.encoder", batch.labels)) for name, enc in self.encoders.items()}
+
+    def decode_mean(self, z: Mapping[str, Tensor], labels: Labels, library: Tensor) -> Tensor:
+        """Expected expression given block values ``z`` (on the data's scale)."""
+        params = self.decoder(torch.cat([z[name] for name in self.priors], dim=-1), self.labels_for("decoder", labels))
+        return self.likelihood.mean(params, library)
+
+    def context(self, guide_trace: Trace, batch: Batch, n_obs: int, epoch: int = 0, progress: float = 0.0) -> Context:
+        """What regularisers see of a minibatch, read off the guide's trace."""
+        z, loc, scale = {}, {}, {}
+        for name in self.encoders:
+            site = guide_trace.nodes[name]
+            normal = site["fn"].base_dist if isinstance(site["fn"], dist.Independent) else site["fn"]
+            z[name], loc[name], scale[name] = site["value"], normal.loc, normal.scale
+        return Context(z, loc, scale, batch.labels, batch.index, n_obs, epoch, progress, self)

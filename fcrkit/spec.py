@@ -1,0 +1,300 @@
+"""Declarative model specs: which parts a model is made of.
+
+A :class:`ModelSpec` names latent blocks (each with a prior and an encoder), a decoder, a
+likelihood and regularisers; :func:`fcrkit.compose` turns it into a trainable model. Specs come
+from Python, from a dict, or from TOML::
+
+    name = "my_vae"
+    likelihood = "nb"
+
+    [[blocks]]
+    name = "z"
+    dim = 10
+    encoder = { name = "mlp", n_hidden = 128 }
+
+    [[regularizers]]
+    name = "kl"
+    weight = 4.0          # beta
+    warmup_epochs = 20
+
+A component is given as its registered name, or as a table with ``name``, optional
+``conditions`` (the labels it sees: ``"x"`` covariates, ``"t"`` treatment) and its options.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fcrkit.errors import ConfigError, did_you_mean, listing
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: Labels a component may condition on.
+CONDITIONS: tuple[str, ...] = ("x", "t")
+#: Names a block may not take (they are other sites of the Pyro model).
+RESERVED_BLOCK_NAMES = frozenset({"y", "cells"})
+ENCODER_INPUTS = ("auto", "log1p", "identity")
+
+
+def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a table/dict, got {type(data).__name__} {data!r}.")
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}: unknown key {key!r}.{did_you_mean(key, allowed)} Allowed keys: {listing(allowed)}."
+            )
+
+
+def _require(data: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in data:
+        raise ConfigError(f"{where}: missing required key {key!r}.")
+    return data[key]
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: name must be a non-empty string, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A registered component by name, the labels it sees, and its options."""
+
+    name: str
+    conditions: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _name(self.name, "component")
+        conditions = (self.conditions,) if isinstance(self.conditions, str) else tuple(self.conditions)
+        for c in conditions:
+            if c not in CONDITIONS:
+                raise ConfigError(
+                    f"component {self.name!r}: unknown condition {c!r}.{did_you_mean(c, CONDITIONS)} "
+                    f"Conditions are 'x' (covariates) and 't' (treatment)."
+                )
+        if len(set(conditions)) != len(conditions):
+            raise ConfigError(f"component {self.name!r}: conditions {list(conditions)} repeat a label.")
+        object.__setattr__(self, "conditions", conditions)
+        object.__setattr__(self, "options", dict(self.options))
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> ComponentSpec:
+        """From a name, a dict ``{"name": ..., "conditions": [...], **options}`` or a ComponentSpec."""
+        if isinstance(value, ComponentSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a component name or a table with 'name', got {value!r}.")
+        options = {k: v for k, v in value.items() if k not in ("name", "conditions")}
+        name = _require(value, "name", where)  # its message already says where
+        try:
+            return cls(name, value.get("conditions", ()), options)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.conditions:
+            out["conditions"] = list(self.conditions)
+        out.update(self.options)
+        return out
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A latent block: its name (also its Pyro site), dimension, prior and encoder."""
+
+    name: str
+    dim: int
+    prior: ComponentSpec = field(default_factory=lambda: ComponentSpec("standard_normal"))
+    encoder: ComponentSpec = field(default_factory=lambda: ComponentSpec("mlp"))
+
+    def __post_init__(self) -> None:
+        where = f"block {self.name!r}"
+        _name(self.name, "block")
+        if self.name in RESERVED_BLOCK_NAMES or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
+            raise ConfigError(f"{where}: use an identifier other than {listing(RESERVED_BLOCK_NAMES)}.")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim <= 0:
+            raise ConfigError(f"{where}: dim must be a positive integer, got {self.dim!r}.")
+        object.__setattr__(self, "prior", ComponentSpec.parse(self.prior, f"{where} prior"))
+        object.__setattr__(self, "encoder", ComponentSpec.parse(self.encoder, f"{where} encoder"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BlockSpec:
+        where = f"block {data.get('name', '?')!r}" if isinstance(data, Mapping) else "block"
+        _check_keys(data, ("name", "dim", "prior", "encoder"), where)
+        fields = {k: data[k] for k in ("prior", "encoder") if k in data}
+        return cls(_require(data, "name", where), _require(data, "dim", where), **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dim": self.dim, "prior": self.prior.to_dict(), "encoder": self.encoder.to_dict()}
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    """A registered regulariser with its weight, linear warm-up (in epochs) and options."""
+
+    name: str
+    weight: float = 1.0
+    warmup_epochs: float = 0.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"regularizer {self.name!r}"
+        _name(self.name, "regularizer")
+        for key in ("weight", "warmup_epochs"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}.")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"{where}: warmup_epochs must be >= 0, got {self.warmup_epochs!r}.")
+        object.__setattr__(self, "weight", float(self.weight))
+        object.__setattr__(self, "warmup_epochs", float(self.warmup_epochs))
+        object.__setattr__(self, "options", dict(self.options))
+
+    @classmethod
+    def parse(cls, value: Any) -> RegularizerSpec:
+        if isinstance(value, RegularizerSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"a regularizer must be a name or a table with 'name', got {value!r}.")
+        where = f"regularizer {value.get('name', '?')!r}"
+        options = {k: v for k, v in value.items() if k not in ("name", "weight", "warmup_epochs")}
+        return cls(_require(value, "name", where), value.get("weight", 1.0), value.get("warmup_epochs", 0.0), options)
+
+    def weight_at(self, epoch_progress: float) -> float:
+        """The weight after ``epoch_progress`` epochs (fractional), with the linear warm-up."""
+        if self.warmup_epochs <= 0:
+            return self.weight
+        return self.weight * min(1.0, epoch_progress / self.warmup_epochs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, "warmup_epochs": self.warmup_epochs, **self.options}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A whole model: blocks, decoder, likelihood, regularisers.
+
+    Attributes:
+        name: the model's name; latents go to ``obsm["X_<name>"]`` (one block) or
+            ``obsm["X_<name>_<block>"]``.
+        blocks: the latent blocks, concatenated in this order as the decoder's input.
+        decoder, likelihood: components.
+        regularizers: extra terms and effects, each with its weight.
+        encoder_input: what encoders see: ``"log1p"`` of counts, the values (``"identity"``), or
+            ``"auto"`` (``log1p`` for count likelihoods, values otherwise).
+    """
+
+    name: str
+    blocks: tuple[BlockSpec, ...]
+    decoder: ComponentSpec = field(default_factory=lambda: ComponentSpec("mlp"))
+    likelihood: ComponentSpec = field(default_factory=lambda: ComponentSpec("nb"))
+    regularizers: tuple[RegularizerSpec, ...] = ()
+    encoder_input: str = "auto"
+
+    def __post_init__(self) -> None:
+        _name(self.name, "model")
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
+            raise ConfigError(f"model name {self.name!r} must be letters, digits and '_' (it names obsm keys).")
+        blocks = tuple(b if isinstance(b, BlockSpec) else BlockSpec.from_dict(b) for b in self.blocks)
+        if not blocks:
+            raise ConfigError(f"model {self.name!r} has no latent blocks; give at least one in 'blocks'.")
+        names = [b.name for b in blocks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"model {self.name!r}: block name(s) {listing(repeated)} used more than once.")
+        regs = tuple(RegularizerSpec.parse(r) for r in self.regularizers)
+        reg_names = [r.name for r in regs]
+        repeated = sorted({n for n in reg_names if reg_names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"model {self.name!r}: regularizer(s) {listing(repeated)} listed more than once.")
+        if self.encoder_input not in ENCODER_INPUTS:
+            raise ConfigError(f"encoder_input={self.encoder_input!r} is not one of {listing(ENCODER_INPUTS)}.")
+        object.__setattr__(self, "blocks", blocks)
+        object.__setattr__(self, "regularizers", regs)
+        object.__setattr__(self, "decoder", ComponentSpec.parse(self.decoder, "decoder"))
+        object.__setattr__(self, "likelihood", ComponentSpec.parse(self.likelihood, "likelihood"))
+
+    @property
+    def block_dims(self) -> dict[str, int]:
+        return {b.name: b.dim for b in self.blocks}
+
+    def obsm_key(self, block: str) -> str:
+        """Where the latent of ``block`` goes in ``adata.obsm``."""
+        return f"X_{self.name}" if len(self.blocks) == 1 else f"X_{self.name}_{block}"
+
+    def components(self) -> list[tuple[str, ComponentSpec, str]]:
+        """Every (kind, component, where) the spec uses, for validation against a registry."""
+        out = [("likelihood", self.likelihood, "likelihood"), ("decoder", self.decoder, "decoder")]
+        for b in self.blocks:
+            out += [("prior", b.prior, f"block {b.name!r} prior"), ("encoder", b.encoder, f"block {b.name!r} encoder")]
+        out += [("regularizer", ComponentSpec(r.name, (), r.options), f"regularizer {r.name!r}") for r in self.regularizers]
+        return out
+
+    # -- (de)serialisation ------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        """Build from a plain dict (the shape of the TOML file)."""
+        _check_keys(data, ("name", "blocks", "decoder", "likelihood", "regularizers", "encoder_input"), "model spec")
+        blocks = _require(data, "blocks", "model spec")
+        if not isinstance(blocks, Sequence) or isinstance(blocks, (str, bytes)):
+            raise ConfigError(f"model spec: 'blocks' must be a list of tables, got {blocks!r}.")
+        regs = data.get("regularizers", ())
+        if isinstance(regs, (str, Mapping)) or not isinstance(regs, Sequence):
+            raise ConfigError(f"model spec: 'regularizers' must be a list, got {regs!r}.")
+        fields = {k: data[k] for k in ("decoder", "likelihood", "encoder_input") if k in data}
+        return cls(_require(data, "name", "model spec"), tuple(blocks), regularizers=tuple(regs), **fields)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> ModelSpec:
+        """Read a spec from a TOML file; errors name the file (and the line of an unknown key)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"cannot read model spec {str(path)!r}: {err.strerror}.") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}.") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}{_line_of(text, str(err))}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "blocks": [b.to_dict() for b in self.blocks],
+            "decoder": self.decoder.to_dict(),
+            "likelihood": self.likelihood.to_dict(),
+            "regularizers": [r.to_dict() for r in self.regularizers],
+            "encoder_input": self.encoder_input,
+        }
+
+
+def _line_of(text: str, message: str) -> str:
+    """``":LINE"`` of the unknown key a message names, when it can be found in the TOML text."""
+    match = re.search(r"unknown key '([^']+)'", message)
+    if not match:
+        return ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.match(rf"\s*{re.escape(match.group(1))}\s*=", line):
+            return f":{number}"
+    return ""
