@@ -299,7 +299,8 @@ def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
         if layer not in adata.layers:
             raise DataError(
                 f"layer {layer!r} is not in adata.layers (layers: {listing(adata.layers.keys())}); "
-                f"pass one of them, or layer=None for adata.X.{did_you_mean(layer, adata.layers.keys())}"
+                "pass one of them, or layer=None for adata.X."
+                f"{did_you_mean(layer, adata.layers.keys())}"
             )
         matrix = adata.layers[layer]
     return as_matrix(matrix)
@@ -547,8 +548,9 @@ def parse_dose(
     part joined by ``+`` (``"1.0+0.5"``).
     """
     where = f"cell {cell!r} (treatment {label!r}, dose column {column!r})"
+    texts = _DOSE_SEP.split(value) if isinstance(value, str) else [value]
     try:
-        doses = tuple(float(p) for p in _DOSE_SEP.split(value)) if isinstance(value, str) else (float(value),)
+        doses = tuple(float(text) for text in texts)
     except ValueError:
         raise DataError(
             f"dose {value!r} of {where} is not a number; doses are numbers, or one number per "

@@ -71,7 +71,9 @@ class CellData:
         library: ``(n_obs, 1)`` float32 row totals on ``device``.
     """
 
-    def __init__(self, matrix: Any, labels: Mapping[str, np.ndarray], device: str | torch.device = "cpu"):
+    def __init__(
+        self, matrix: Any, labels: Mapping[str, np.ndarray], device: str | torch.device = "cpu"
+    ):
         matrix = as_matrix(matrix)
         self.n_obs, self.n_genes = (int(n) for n in matrix.shape)
         self.device = torch.device(device)
@@ -84,7 +86,9 @@ class CellData:
         self.labels = {key: self._label_tensor(key, value) for key, value in labels.items()}
 
     @classmethod
-    def from_anndata(cls, adata: AnnData, setup: AnnDataSetup, device: str | torch.device = "cpu") -> CellData:
+    def from_anndata(
+        cls, adata: AnnData, setup: AnnDataSetup, device: str | torch.device = "cpu"
+    ) -> CellData:
         """The registered matrix and encoded labels of ``adata`` (see :func:`setup_anndata`)."""
         return cls(get_matrix(adata, setup.layer), setup.encode_labels(adata.obs), device=device)
 
@@ -192,8 +196,10 @@ class _CSRRows:
             matrix.sum_duplicates()
         col_dtype = np.int32 if matrix.shape[1] < np.iinfo(np.int32).max else np.int64
         self.n_genes = int(matrix.shape[1])
-        self.crow = _to_tensor(matrix.indptr.astype(np.int64, copy=False), device, dtype=None, pin=pin)
-        self.cols = _to_tensor(matrix.indices.astype(col_dtype, copy=False), device, dtype=None, pin=pin)
+        crow = matrix.indptr.astype(np.int64, copy=False)
+        cols = matrix.indices.astype(col_dtype, copy=False)
+        self.crow = _to_tensor(crow, device, dtype=None, pin=pin)
+        self.cols = _to_tensor(cols, device, dtype=None, pin=pin)
         self.values = _to_tensor(matrix.data, device, pin=pin)
 
     def rows(self, index: Tensor, device: torch.device) -> Tensor:
@@ -206,13 +212,16 @@ class _CSRRows:
         """Batch row, gene and value of every stored entry of the rows ``index``."""
         starts = self.crow.index_select(0, index)
         counts = self.crow.index_select(0, index + 1) - starts
-        row = torch.repeat_interleave(counts)  # batch row of each nonzero
-        offset_in_row = torch.arange(row.numel(), device=index.device) - (torch.cumsum(counts, 0) - counts)[row]
-        position = starts[row] + offset_in_row
+        row = torch.repeat_interleave(counts)  # batch row of each nonzero (sizes the output: a sync)
+        batch_start = torch.cumsum(counts, 0) - counts  # where each row's nonzeros begin in the batch
+        shift = (starts - batch_start).index_select(0, row)
+        position = torch.arange(row.numel(), device=index.device) + shift  # into cols / values
         return row, self.cols.index_select(0, position).long(), self.values.index_select(0, position)
 
 
-def _to_tensor(array: np.ndarray, device: torch.device, dtype: Any = np.float32, *, pin: bool = False) -> Tensor:
+def _to_tensor(
+    array: np.ndarray, device: torch.device, dtype: Any = np.float32, *, pin: bool = False
+) -> Tensor:
     """``array`` as a tensor on ``device``; host memory is pinned on request (when possible)."""
     if dtype is not None:
         array = np.asarray(array, dtype=dtype)
