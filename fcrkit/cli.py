@@ -29,7 +29,8 @@ def cmd_components(args: argparse.Namespace) -> int:
     print(format_table(("kind", "name", "plugin", "from", "summary"), rows))
     if registry.failures:
         print("\nPlugins that failed to load:")
-        print(format_table(("plugin", "from", "error"), [(f.plugin, f.origin, f.error) for f in registry.failures]))
+        rows = [(f.plugin, f.origin, " ".join(f.error.split())) for f in registry.failures]  # one line each
+        print(format_table(("plugin", "from", "error"), rows))
     return 0
 
 

@@ -145,6 +145,9 @@ class Registry:
                     f"called as {call} ({err}). See fcrkit.protocols for the {kind} protocol."
                 ) from None
         if inspect.isclass(factory):
+            if kind == "regularizer" and not any(callable(getattr(factory, m, None)) for m in ("loss", "handler")):
+                raise PluginError(f"{where}: regularizer {name!r} class {factory.__name__} defines neither "
+                                  "loss(ctx) nor handler(weight); see fcrkit.protocols.Regularizer.")
             for method in CLASS_METHODS[kind]:
                 own = getattr(factory, method, None)
                 if not callable(own) or (method == "forward" and own is nn.Module.forward):
