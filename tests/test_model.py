@@ -242,3 +242,14 @@ def test_trains_on_cuda(small_adata):
     history = model.train(max_epochs=3, batch_size=128, seed=0, accelerator="cuda")
     assert history["validation_loss"][-1] < history["validation_loss"][0]
     assert model.get_latent_representation()["X_scvi"].shape == (small_adata.n_obs, 3)
+
+
+@pytest.mark.parametrize("elbo", [
+    "trace",
+    pyro.infer.TraceMeanField_ELBO(num_particles=3),
+    pyro.infer.TraceMeanField_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
+], ids=["trace", "meanfield-3-particles", "meanfield-3-vectorized"])
+def test_other_pyro_elbos_train(small_adata, elbo):
+    model = SCVI(small_adata, n_latent=3, n_hidden=32, seed=0)
+    history = model.train(max_epochs=4, batch_size=128, seed=0, accelerator="cpu", elbo=elbo, lr=3e-3)
+    assert history["validation_loss"][-1] < history["validation_loss"][0]

@@ -31,6 +31,19 @@ def _check_int(option: str, value: int, minimum: int) -> None:
         raise ConfigError(f"option {option}={value!r} must be an integer >= {minimum}.")
 
 
+class FlatBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the last dimension that also accepts leading sample dimensions.
+
+    Vectorised ELBO particles give decoders inputs of shape ``(particles, cells, features)``;
+    statistics are then taken over particles and cells together.
+    """
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if inputs.dim() <= 2:
+            return super().forward(inputs)
+        return super().forward(inputs.reshape(-1, inputs.shape[-1])).reshape(inputs.shape)
+
+
 def mlp(
     n_input: int,
     n_hidden: int,
@@ -56,7 +69,7 @@ def mlp(
         layers.append(nn.Linear(width, n_hidden))
         if norm == "batch":
             # scvi-tools' settings: a BatchNorm that adapts quickly and tolerates small batches
-            layers.append(nn.BatchNorm1d(n_hidden, momentum=0.01, eps=1e-3))
+            layers.append(FlatBatchNorm(n_hidden, momentum=0.01, eps=1e-3))
         elif norm == "layer":
             layers.append(nn.LayerNorm(n_hidden, elementwise_affine=False))
         layers.append(ACTIVATIONS[activation]())

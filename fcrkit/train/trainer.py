@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -31,9 +31,9 @@ from fcrkit.model import GenerativeModel
 ELBOS: dict[str, Callable[[], ELBO]] = {
     "trace_meanfield": TraceMeanField_ELBO,
     "trace": Trace_ELBO,
-    "jit_trace_meanfield": JitTraceMeanField_ELBO,
-    "jit_trace": JitTrace_ELBO,
 }
+# Pyro's JIT ELBOs are not offered: they trace tensor-only arguments and parameters held in Pyro's
+# param store, while fcrkit passes a Batch and keeps parameters in torch modules.
 
 
 def resolve_device(accelerator: str) -> torch.device:
@@ -249,6 +249,8 @@ class Trainer:
 
 def _read_back(sums: dict[str, Tensor], n_batches: int) -> dict[str, float]:
     keys = list(sums)
+    if not keys:
+        return {}
     values = torch.stack([sums[k].float() for k in keys]).div(n_batches).tolist()
     return dict(zip(keys, values))
 
