@@ -1,18 +1,50 @@
 """Simulated perturbation data with known latents.
 
-``basic`` is the small world the demo and the tests use: a latent per cell whose mean depends on
-its cell type and (sparsely) on its treatment, a random non-linear map to gene fractions, and
-negative-binomial counts with varying library sizes.
+Two worlds, both ``latent -> random leaky-ReLU network -> softmax gene fractions -> counts``:
+
+``basic``
+    the small world the demo and the tests use: one latent per cell whose mean depends on its cell
+    type and (sparsely) on its treatment, negative-binomial counts with varying library sizes.
+``interaction``
+    the FCR world (see ``FCR.md``): three latent blocks ``z_x``, ``z_t`` and ``z_tx`` drawn from
+    condition-dependent Gaussians whose means *and* scales vary with the covariate, the treatment and
+    the (covariate, treatment) pair, so that each block is identifiable in principle and carries
+    different label information.
+
+The pieces both share (the random mixing network, its forward pass, library sizes and the
+observation noise) are the small private functions below.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from fcrkit.errors import ConfigError
+from fcrkit.errors import ConfigError, did_you_mean, listing
+
+#: Block names of :func:`interaction`, in the order of ``obsm["z_true"]``.
+BLOCKS = ("x", "t", "tx")
+#: Default block sizes of :func:`interaction`.
+DEFAULT_DIMS = {"x": 2, "t": 2, "tx": 2}
+#: Observation models of :func:`interaction`.
+LIKELIHOODS = ("nb", "poisson", "gaussian")
+
+# Constants of the interaction world (documented in ``interaction``'s docstring).
+_MEAN_SD = 2.0  # condition means ~ N(0, 2^2): conditions lie about two noise scales apart
+_SCALE_RANGE = (0.5, 1.5)  # condition scales log-uniform here: variances vary up to 9-fold
+_HIDDEN_LAYERS = 2  # hidden layers of the mixing network
+_HIDDEN_FACTOR = 4  # hidden width = max(4 * total latent dim, 16)
+_MIN_HIDDEN = 16
+_HIDDEN_BIAS_SD = 1.0  # hidden biases put the leaky-ReLU kinks inside the latent cloud
+_LOGIT_GAIN = 1.0  # gain of the last (orthogonal) layer
+_GENE_BIAS_SD = 1.0  # per-gene baseline logits: genes differ in mean expression
+_N_REFERENCE = 4096  # latents on which the mean hidden contribution to each gene logit is removed
+_LIBRARY_LOG_SD = 0.3  # library sizes log-normal with this log-scale sd (CV about 0.3)
 
 
 def _leaky_relu(a: np.ndarray, slope: float = 0.2) -> np.ndarray:
@@ -23,6 +55,75 @@ def _check_positive(**sizes: int) -> None:
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"simulate: {name}={value!r} must be a positive integer.")
+
+
+def _check_positive_real(**values: float) -> None:
+    for name, value in values.items():
+        if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+                or not math.isfinite(value) or value <= 0):
+            raise ConfigError(f"simulate: {name}={value!r} must be a positive finite number.")
+
+
+def _random_weights(
+    rng: np.random.Generator, widths: Sequence[int], gains: Sequence[float], orthogonal: bool = False
+) -> list[np.ndarray]:
+    """Weights of a random MLP ``widths[0] -> ... -> widths[-1]``, one matrix per layer.
+
+    Entries are ``N(0, gain^2 / n_in)``. With ``orthogonal`` each matrix is replaced by the nearest
+    (semi-)orthogonal one scaled to the typical singular value of such a Gaussian matrix,
+    ``gain * sqrt(max(n_in, n_out) / n_in)``: all its singular values are equal, so a layer that
+    widens is injective and perfectly conditioned.
+    """
+    weights = []
+    for n_in, n_out, gain in zip(widths[:-1], widths[1:], gains):
+        w = rng.normal(0.0, gain / np.sqrt(n_in), size=(n_in, n_out))
+        if orthogonal:
+            u, _, vt = np.linalg.svd(w, full_matrices=False)
+            w = gain * np.sqrt(max(n_in, n_out) / n_in) * (u @ vt)
+        weights.append(w)
+    return weights
+
+
+def _mlp(z: np.ndarray, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Forward pass: leaky-ReLU (slope 0.2) after every layer but the last (no biases if None)."""
+    h = z
+    for i, w in enumerate(weights):
+        h = h @ w
+        if biases is not None:
+            h = h + biases[i]
+        if i < len(weights) - 1:
+            h = _leaky_relu(h)
+    return h
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    fractions = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return fractions / fractions.sum(axis=1, keepdims=True)
+
+
+def _library_sizes(rng: np.random.Generator, n_cells: int, library_size: float) -> np.ndarray:
+    """Per-cell library sizes, log-normal around ``library_size``; shape ``(n_cells, 1)``."""
+    return rng.lognormal(np.log(library_size), _LIBRARY_LOG_SD, size=(n_cells, 1))
+
+
+def _observe(
+    rng: np.random.Generator,
+    fractions: np.ndarray,
+    library: np.ndarray,
+    likelihood: str,
+    dispersion: float,
+    library_size: float,
+) -> np.ndarray:
+    """Observations of cells with these gene fractions (see ``interaction`` for the three models)."""
+    if likelihood == "gaussian":  # log1p-normalised expression plus noise; libraries normalised out
+        clean = np.log1p(library_size * fractions)
+        return (clean + rng.normal(0.0, 1.0 / np.sqrt(dispersion), size=clean.shape)).astype(np.float32)
+    mean = library * fractions
+    if likelihood == "poisson":
+        counts = rng.poisson(mean)
+    else:
+        counts = rng.poisson(rng.gamma(dispersion, mean / dispersion))  # gamma-Poisson = NB
+    return counts.astype(np.int32)
 
 
 def basic(
@@ -64,15 +165,10 @@ def basic(
     z = type_means[cell_type] + rng.normal(size=(n_cells, n_latent))
     z[treated] += shifts[drug[treated]]
 
-    hidden = 4 * n_latent
-    w1 = rng.normal(0, 1 / np.sqrt(n_latent), size=(n_latent, hidden))
-    w2 = rng.normal(0, 1.5 / np.sqrt(hidden), size=(hidden, n_genes))
-    logits = _leaky_relu(z @ w1) @ w2
-    fractions = np.exp(logits - logits.max(axis=1, keepdims=True))
-    fractions /= fractions.sum(axis=1, keepdims=True)
-    library = rng.lognormal(np.log(library_size), 0.3, size=(n_cells, 1))
-    mean = library * fractions
-    counts = rng.poisson(rng.gamma(dispersion, mean / dispersion))  # gamma-Poisson = NB
+    weights = _random_weights(rng, [n_latent, 4 * n_latent, n_genes], gains=[1.0, 1.5])
+    fractions = _softmax(_mlp(z, weights))
+    library = _library_sizes(rng, n_cells, library_size)
+    counts = _observe(rng, fractions, library, "nb", dispersion, library_size)
 
     obs = pd.DataFrame(
         {
@@ -82,7 +178,259 @@ def basic(
         index=[f"cell_{i}" for i in range(n_cells)],
     )
     var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
-    adata = AnnData(sp.csr_matrix(counts.astype(np.int32)), obs=obs, var=var)
+    adata = AnnData(sp.csr_matrix(counts), obs=obs, var=var)
     adata.obsm["z_true"] = z.astype(np.float32)
     adata.uns["simulation"] = {"kind": "basic", "seed": seed, "treatment_targets": mask.astype(np.int8)}
+    return adata
+
+
+def _block_dims(dims: Mapping[str, int] | Sequence[int] | None) -> dict[str, int]:
+    """``dims`` as ``{"x": d_x, "t": d_t, "tx": d_tx}`` (missing mapping keys take the defaults)."""
+    if dims is None:
+        return dict(DEFAULT_DIMS)
+    if isinstance(dims, Mapping):
+        unknown = [k for k in dims if k not in BLOCKS]
+        if unknown:
+            raise ConfigError(
+                f"simulate: dims has unknown block {unknown[0]!r}; the blocks are {listing(BLOCKS)}."
+                f"{did_you_mean(unknown[0], BLOCKS)}"
+            )
+        out = {**DEFAULT_DIMS, **dims}
+    elif isinstance(dims, Sequence) and not isinstance(dims, str):
+        if len(dims) != len(BLOCKS):
+            raise ConfigError(
+                f"simulate: dims={tuple(dims)!r} must give {len(BLOCKS)} sizes, for the blocks "
+                f"{', '.join(BLOCKS)} in that order (or be a mapping such as {DEFAULT_DIMS!r})."
+            )
+        out = dict(zip(BLOCKS, dims))
+    else:
+        raise ConfigError(
+            f"simulate: dims={dims!r} must be a mapping such as {DEFAULT_DIMS!r} or a tuple "
+            "(d_x, d_t, d_tx)."
+        )
+    _check_positive(**{f"dims[{k!r}]": out[k] for k in BLOCKS})
+    return {k: int(out[k]) for k in BLOCKS}
+
+
+def _balanced_labels(
+    rng: np.random.Generator, n_cells: int, n_covariates: int, n_treatments: int, control_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Covariate codes and treatment codes (0 = control, 1 + d = ``drug_d``), in shuffled order.
+
+    ``round(control_fraction * n_cells)`` controls are dealt round-robin over the covariates and the
+    other cells round-robin over every (covariate, drug) pair, so group sizes differ by at most one.
+    """
+    n_control = int(round(control_fraction * n_cells))
+    n_treated = n_cells - n_control
+    n_pairs = n_covariates * n_treatments
+    if n_control < n_covariates or n_treated < n_pairs:
+        need = max(math.ceil(n_covariates / control_fraction), math.ceil(n_pairs / (1 - control_fraction)))
+        raise ConfigError(
+            f"simulate: n_cells={n_cells!r} is too few to give every one of the {n_covariates} "
+            f"covariate(s) controls ({n_control} with control_fraction={control_fraction!r}) and "
+            f"every one of the {n_pairs} (covariate, drug) pairs a cell ({n_treated} treated); use "
+            f"at least about {need} cells."
+        )
+    pair = np.arange(n_treated) % n_pairs
+    covariate = np.concatenate([np.arange(n_control) % n_covariates, pair % n_covariates])
+    treatment = np.concatenate([np.zeros(n_control, dtype=np.int64), 1 + pair // n_covariates])
+    order = rng.permutation(n_cells)
+    return covariate[order], treatment[order]
+
+
+def _condition_params(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Means ~ N(0, _MEAN_SD^2) and scales log-uniform in _SCALE_RANGE, one per condition and dim."""
+    means = rng.normal(0.0, _MEAN_SD, size=shape)
+    lo, hi = np.log(_SCALE_RANGE[0]), np.log(_SCALE_RANGE[1])
+    scales = np.exp(rng.uniform(lo, hi, size=shape))
+    return means, scales
+
+
+def _draw_blocks(
+    covariate: np.ndarray,
+    treatment: np.ndarray,
+    eps: np.ndarray,
+    dims: Mapping[str, int],
+    means: Mapping[str, np.ndarray],
+    scales: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The blocks ``mean[condition] + scale[condition] * eps`` (``eps`` split in [x, t, tx] order)."""
+    index = {"x": (covariate,), "t": (treatment,), "tx": (covariate, treatment)}
+    parts = np.split(eps, np.cumsum([dims[k] for k in BLOCKS])[:-1], axis=1)
+    return {k: means[k][index[k]] + scales[k][index[k]] * e for k, e in zip(BLOCKS, parts)}
+
+
+def _mixing_input(blocks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``[z_x, z_tx, z_t]``: the order of FCR's decoder input."""
+    return np.concatenate([blocks["x"], blocks["tx"], blocks["t"]], axis=1)
+
+
+def interaction(
+    n_cells: int = 3000,
+    n_genes: int = 200,
+    n_covariates: int = 3,
+    n_treatments: int = 3,
+    dims: Mapping[str, int] | Sequence[int] | None = None,
+    *,
+    seed: int = 0,
+    likelihood: str = "nb",
+    control_fraction: float = 0.3,
+    library_size: float = 3000.0,
+    dispersion: float = 5.0,
+) -> AnnData:
+    r"""The FCR world: three latent blocks with condition-dependent Gaussian priors, mixed into genes.
+
+    **Labels.** One covariate ``x`` in ``obs["covariate"]`` with levels ``cov_0 .. cov_{C-1}``
+    (``C = n_covariates``) and a treatment ``t`` in ``obs["treatment"]`` with levels ``control``
+    (code 0) and ``drug_0 .. drug_{D-1}`` (codes 1..D, ``D = n_treatments``). Exactly
+    ``n_0 = round(control_fraction * n_cells)`` cells are controls, dealt round-robin over the
+    covariates; the other cells are dealt round-robin over all ``C * D`` (covariate, drug) pairs; the
+    cell order is then shuffled. So every condition (x, t), controls included, has cells, and group
+    sizes differ by at most one.
+
+    **Conditions.** For every block a mean and a scale per condition and latent dimension:
+
+    - ``z_x``: ``m_x[x], s_x[x]``, shape ``(C, d_x)``;
+    - ``z_t``: ``m_t[t], s_t[t]``, shape ``(D + 1, d_t)`` (row 0 is the control condition);
+    - ``z_tx``: ``m_tx[x, t], s_tx[x, t]``, shape ``(C, D + 1, d_tx)``, drawn independently for
+      every pair, controls included: a pure interaction, with no additive structure in x and t.
+
+    Every mean is ``N(0, 2^2)`` (conditions lie about two noise scales apart, so each block carries
+    its labels' information) and every scale is log-uniform on ``[0.5, 1.5]`` (variances vary up to
+    nine-fold across conditions: the variability that identifiability of conditional-prior models,
+    iVAE-style, rests on).
+
+    **Latents.** Per cell, independently,
+    ``z_x ~ N(m_x[x], diag s_x[x]^2)``, ``z_t ~ N(m_t[t], diag s_t[t]^2)``,
+    ``z_tx ~ N(m_tx[x, t], diag s_tx[x, t]^2)`` (a control draws ``z_t`` and ``z_tx`` from its own
+    (x, control) condition).
+
+    **Mixing.** ``z = [z_x, z_tx, z_t]`` (the FCR decoder's order; total size ``d``) goes through a
+    random MLP with two hidden layers of width ``h = max(4 d, 16)`` and leaky-ReLU (slope 0.2):
+    ``a_1 = lrelu(z W_1 + b_1)``, ``a_2 = lrelu(a_1 W_2 + b_2)``, ``logits = a_2 W_3 + b_3``.
+    Each ``W`` (``n_in x n_out``) is the (semi-)orthogonal polar factor of an ``N(0, 1/n_in)``
+    matrix times ``sqrt(max(n_in, n_out) / n_in)`` (all singular values equal); the hidden biases
+    are ``N(0, 1)`` (kinks inside the latent cloud), the gene biases ``b_3`` are ``N(0, 1)`` (genes
+    differ in baseline expression). Leaky-ReLU is invertible and the layers widen (``d <= h``,
+    and ``h <= n_genes`` by default) with full rank, so ``z -> logits`` is injective; softmax loses
+    only the direction of adding a constant to every logit, so with ``n_genes > d`` the gene
+    fractions ``p = softmax(logits)`` determine ``z`` generically.
+
+    **Observations.** Library sizes ``l ~ LogNormal(log library_size, 0.3^2)`` per cell (CV about
+    0.3), then, by ``likelihood``:
+
+    - ``"nb"``: ``y_g ~ NB(mean = l p_g, theta = dispersion)``, sampled as gamma-Poisson
+      ``y_g ~ Poisson(Gamma(shape = theta, scale = l p_g / theta))``;
+    - ``"poisson"``: ``y_g ~ Poisson(l p_g)``;
+    - ``"gaussian"``: log-normalised expression with Gaussian noise,
+      ``y_g = log1p(library_size * p_g) + N(0, 1 / dispersion)``: cells normalised to the common
+      total ``library_size`` (so ``l`` plays no part), noise sd ``1 / sqrt(dispersion)``, which is
+      the log-scale sd of the NB at large means. Values may be negative.
+
+    **Randomness.** ``seed`` seeds three independent streams: the condition parameters, the mixing
+    network and the cells (labels, latents, libraries, noise). So the world (means, scales,
+    network) does not depend on ``n_cells``, the condition parameters not on ``n_genes``, and the
+    labels and latents are the same for every ``likelihood``.
+
+    Args:
+        n_cells: number of cells; at least enough for every condition to have one.
+        n_genes: number of genes (keep it above ``sum(dims)`` for an injective world).
+        n_covariates: levels of the covariate ``x``.
+        n_treatments: drugs, besides the control.
+        dims: block sizes: a mapping with keys among ``"x"``, ``"t"``, ``"tx"`` (missing keys take
+            the default ``{"x": 2, "t": 2, "tx": 2}``) or a tuple ``(d_x, d_t, d_tx)``.
+        seed: non-negative integer seed.
+        likelihood: ``"nb"`` (default), ``"poisson"`` or ``"gaussian"``.
+        control_fraction: fraction of control cells, in ``(0, 1)``.
+        library_size: typical total counts per cell (the normalisation total for ``"gaussian"``).
+        dispersion: NB inverse dispersion ``theta`` (``"gaussian"``: noise variance ``1/theta``).
+
+    Returns:
+        An AnnData with ``X`` CSR ``int32`` counts (dense ``float32`` for ``"gaussian"``), var names
+        ``gene_0 ...``, categorical ``obs["covariate"]`` and ``obs["treatment"]``, the true blocks
+        ``obsm["z_x"]``, ``obsm["z_t"]``, ``obsm["z_tx"]`` and their concatenation
+        ``obsm["z_true"]`` in ``[x, t, tx]`` order (all ``float32``), and ``uns["simulation"]`` with
+        ``kind``, ``seed``, ``dims``, ``likelihood``, the other settings, the level orders
+        ``covariates`` and ``treatments`` (control first) and ``means`` / ``scales``: per block the
+        arrays ``m_x, m_t, m_tx`` / ``s_x, s_t, s_tx`` above. It is storable with ``write_h5ad``.
+
+    Raises:
+        ConfigError: a size is not a positive integer, ``dims`` has an unknown key or a bad size,
+            ``control_fraction`` is not in ``(0, 1)``, ``likelihood`` is unknown, ``library_size`` or
+            ``dispersion`` is not positive, ``seed`` is not a non-negative integer, or ``n_cells``
+            is too small to populate every condition. The message names the value.
+    """
+    _check_positive(n_cells=n_cells, n_genes=n_genes, n_covariates=n_covariates, n_treatments=n_treatments)
+    block_dims = _block_dims(dims)
+    if (isinstance(control_fraction, bool) or not isinstance(control_fraction, (int, float, np.integer, np.floating))
+            or not 0.0 < control_fraction < 1.0):
+        raise ConfigError(
+            f"simulate: control_fraction={control_fraction!r} must be a number in (0, 1): every "
+            "covariate needs controls and treated cells."
+        )
+    if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
+        raise ConfigError(
+            f"simulate: likelihood={likelihood!r} is not one of {listing(LIKELIHOODS)}."
+            f"{did_you_mean(likelihood, LIKELIHOODS)}"
+        )
+    _check_positive_real(library_size=library_size, dispersion=dispersion)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"simulate: seed={seed!r} must be a non-negative integer.")
+
+    rng_conditions, rng_mixing, rng_cells = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3))
+    n_t = n_treatments + 1  # the control is condition 0
+    shapes = {"x": (n_covariates,), "t": (n_t,), "tx": (n_covariates, n_t)}
+    means, scales = {}, {}
+    for name in BLOCKS:
+        means[name], scales[name] = _condition_params(rng_conditions, shapes[name] + (block_dims[name],))
+
+    d = sum(block_dims.values())
+    covariate, treatment = _balanced_labels(rng_cells, n_cells, n_covariates, n_treatments, control_fraction)
+    blocks = _draw_blocks(covariate, treatment, rng_cells.standard_normal(size=(n_cells, d)), block_dims,
+                          means, scales)
+
+    hidden = max(_HIDDEN_FACTOR * d, _MIN_HIDDEN)
+    widths = [d] + [hidden] * _HIDDEN_LAYERS + [n_genes]
+    weights = _random_weights(rng_mixing, widths, gains=[1.0] * _HIDDEN_LAYERS + [_LOGIT_GAIN], orthogonal=True)
+    biases = [rng_mixing.normal(0.0, _HIDDEN_BIAS_SD, size=hidden) for _ in range(_HIDDEN_LAYERS)]
+    # gene biases: N(0, 1) baselines, minus the mean logit the hidden layers would add on their own
+    # (estimated on latents drawn from the priors of uniformly chosen conditions)
+    ref_x = rng_mixing.integers(n_covariates, size=_N_REFERENCE)
+    ref_t = rng_mixing.integers(n_t, size=_N_REFERENCE)
+    ref_eps = rng_mixing.standard_normal(size=(_N_REFERENCE, d))
+    ref_z = _draw_blocks(ref_x, ref_t, ref_eps, block_dims, means, scales)
+    biases.append(np.zeros(n_genes))
+    offset = _mlp(_mixing_input(ref_z), weights, biases).mean(axis=0)
+    biases[-1] = rng_mixing.normal(0.0, _GENE_BIAS_SD, size=n_genes) - offset
+    fractions = _softmax(_mlp(_mixing_input(blocks), weights, biases))
+    library = _library_sizes(rng_cells, n_cells, library_size)
+    values = _observe(rng_cells, fractions, library, likelihood, dispersion, library_size)
+
+    covariates = [f"cov_{k}" for k in range(n_covariates)]
+    treatments = ["control"] + [f"drug_{k}" for k in range(n_treatments)]
+    obs = pd.DataFrame(
+        {
+            "covariate": pd.Categorical.from_codes(covariate, categories=covariates),
+            "treatment": pd.Categorical.from_codes(treatment, categories=treatments),
+        },
+        index=[f"cell_{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
+    adata = AnnData(values if likelihood == "gaussian" else sp.csr_matrix(values), obs=obs, var=var)
+    for name, block in blocks.items():
+        adata.obsm[f"z_{name}"] = block.astype(np.float32)
+    adata.obsm["z_true"] = np.concatenate([blocks[k] for k in BLOCKS], axis=1).astype(np.float32)
+    adata.uns["simulation"] = {
+        "kind": "interaction",
+        "seed": int(seed),
+        "dims": block_dims,
+        "likelihood": likelihood,
+        "control_fraction": float(control_fraction),
+        "library_size": float(library_size),
+        "dispersion": float(dispersion),
+        "covariates": np.array(covariates, dtype=object),
+        "treatments": np.array(treatments, dtype=object),
+        "means": means,
+        "scales": scales,
+    }
     return adata
