@@ -34,6 +34,10 @@ class UnknownComponentError(FcrkitError, LookupError):
         return str(self.args[0]) if self.args else ""
 
 
+class OptionalDependencyError(FcrkitError, ImportError):
+    """An optional package (for example scanpy) is needed for what was asked but is not installed."""
+
+
 class NonFiniteLossError(FcrkitError, FloatingPointError):
     """Training produced a NaN or infinite loss term."""
 

@@ -171,6 +171,9 @@ def mcc(
 
     reduction, kept = None, None
     if square and d_hat > d_true:
+        if reduce != "variance" and zt.shape[0] < d_true:
+            raise DataError(f"{func}: {zt.shape[0]} cells cannot give {d_true} principal components of z_hat "
+                            f"{zh.shape}; use more cells or reduce='variance'.")
         zh, kept = _reduce(zh, d_true, reduce, seed)
         reduction = reduce
     if method == "spearman":
