@@ -63,8 +63,12 @@ class GenerativeModel(nn.Module):
             registry, "decoder", spec.decoder, "decoder", n_latent, self.n_genes, tuple(self.likelihood.heads)
         )
         info = ModelInfo(spec.block_dims, self.label_dims, self.n_genes)
-        self.regularizers: dict[str, object] = {r.name: registry.build("regularizer", r.name, info, **r.options)
+        self.regularizers: dict[str, object] = {r.key: registry.build("regularizer", r.name, info, **r.options)
                                                 for r in spec.regularizers}
+        needs_pairs = [k for k, r in self.regularizers.items() if getattr(r, "needs_control_pairing", False)]
+        if needs_pairs and spec.control_pairing == "none":
+            raise ConfigError(f"regularizer(s) {listing(needs_pairs)} compare cells with paired controls: "
+                              "set control_pairing = 'covariates' (or 'any') in the model spec.")
         # regularisers that hold parameters (adversaries included) are saved with the model
         self.regularizer_modules = nn.ModuleDict(
             {name: r for name, r in self.regularizers.items() if isinstance(r, nn.Module)}
@@ -120,16 +124,22 @@ class GenerativeModel(nn.Module):
         y = self.inputs(batch.y)
         return {name: enc(y, self.labels_for(f"{name}.encoder", batch.labels)) for name, enc in self.encoders.items()}
 
+    def prior_distribution(self, block: str, labels: Labels, n: int) -> dist.Distribution:
+        """The prior of ``block`` for ``n`` cells with ``labels``, without its ``to_event`` wrapper."""
+        prior = self.priors[block].distribution(self.labels_for(f"{block}.prior", labels), n)
+        return prior.base_dist if isinstance(prior, dist.Independent) else prior
+
     def decode_mean(self, z: Mapping[str, Tensor], labels: Labels, library: Tensor) -> Tensor:
         """Expected expression given block values ``z`` (on the data's scale)."""
         params = self.decoder(torch.cat([z[name] for name in self.priors], dim=-1), self.labels_for("decoder", labels))
         return self.likelihood.mean(params, library)
 
-    def context(self, guide_trace: Trace, batch: Batch, n_obs: int, epoch: int = 0, progress: float = 0.0) -> Context:
+    def context(self, guide_trace: Trace, batch: Batch, n_obs: int, epoch: int = 0, progress: float = 0.0,
+                pairs: int = 0) -> Context:
         """What regularisers see of a minibatch, read off the guide's trace."""
         z, loc, scale = {}, {}, {}
         for name in self.encoders:
             site = guide_trace.nodes[name]
             normal = site["fn"].base_dist if isinstance(site["fn"], dist.Independent) else site["fn"]
             z[name], loc[name], scale[name] = site["value"], normal.loc, normal.scale
-        return Context(z, loc, scale, batch.labels, batch.index, n_obs, epoch, progress, self)
+        return Context(z, loc, scale, batch.labels, batch.index, n_obs, epoch, progress, self, pairs)

@@ -120,6 +120,8 @@ class Context:
         n_obs: number of training cells (the plate size).
         epoch: current epoch (0-based); ``progress`` is the fraction of training done.
         module: the generic model, for regularisers that need to run its parts.
+        pairs: with control pairing, the batch holds ``pairs`` cells followed by their ``pairs``
+            paired controls (row ``i + pairs`` is the control of row ``i``); 0 without pairing.
     """
 
     z: dict[str, Tensor]
@@ -131,6 +133,7 @@ class Context:
     epoch: int = 0
     progress: float = 0.0
     module: nn.Module | None = field(default=None, repr=False)
+    pairs: int = 0
 
     def detached(self) -> Context:
         """A copy whose latents carry no gradient (what adversaries train on)."""

@@ -31,7 +31,7 @@ ENTRY_POINT_GROUP = "fcrkit"
 DISABLE_ENV = "FCRKIT_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = tuple(
     f"fcrkit.components.{kind}s" for kind in ("encoder", "prior", "decoder", "likelihood", "regularizer")
-)
+) + ("fcrkit.components.structure",)
 
 
 class PluginLoadWarning(UserWarning):

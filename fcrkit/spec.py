@@ -43,6 +43,7 @@ CONDITIONS: tuple[str, ...] = ("x", "t")
 #: Names a block may not take (they are other sites of the Pyro model).
 RESERVED_BLOCK_NAMES = frozenset({"y", "cells"})
 ENCODER_INPUTS = ("auto", "log1p", "identity")
+CONTROL_PAIRINGS = ("none", "covariates", "any")
 
 
 def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
@@ -151,10 +152,14 @@ class RegularizerSpec:
     weight: float = 1.0
     warmup_epochs: float = 0.0
     options: Mapping[str, Any] = field(default_factory=dict)
+    key: str | None = None  # an alias: the same component twice, e.g. two discriminators
 
     def __post_init__(self) -> None:
         where = f"regularizer {self.name!r}"
         _name(self.name, "regularizer")
+        if self.key is None:
+            object.__setattr__(self, "key", self.name)
+        _name(self.key, f"{where} key")
         for key in ("weight", "warmup_epochs"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -174,8 +179,9 @@ class RegularizerSpec:
         if not isinstance(value, Mapping):
             raise ConfigError(f"a regularizer must be a name or a table with 'name', got {value!r}.")
         where = f"regularizer {value.get('name', '?')!r}"
-        options = {k: v for k, v in value.items() if k not in ("name", "weight", "warmup_epochs")}
-        return cls(_require(value, "name", where), value.get("weight", 1.0), value.get("warmup_epochs", 0.0), options)
+        options = {k: v for k, v in value.items() if k not in ("name", "weight", "warmup_epochs", "key")}
+        return cls(_require(value, "name", where), value.get("weight", 1.0), value.get("warmup_epochs", 0.0), options,
+                   value.get("key"))
 
     def weight_at(self, epoch_progress: float) -> float:
         """The weight after ``epoch_progress`` epochs (fractional), with the linear warm-up."""
@@ -184,7 +190,10 @@ class RegularizerSpec:
         return self.weight * min(1.0, epoch_progress / self.warmup_epochs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "weight": self.weight, "warmup_epochs": self.warmup_epochs, **self.options}
+        out = {"name": self.name, "weight": self.weight, "warmup_epochs": self.warmup_epochs, **self.options}
+        if self.key != self.name:
+            out["key"] = self.key
+        return out
 
 
 @dataclass(frozen=True)
@@ -199,6 +208,9 @@ class ModelSpec:
         regularizers: extra terms and effects, each with its weight.
         encoder_input: what encoders see: ``"log1p"`` of counts, the values (``"identity"``), or
             ``"auto"`` (``log1p`` for count likelihoods, values otherwise).
+        control_pairing: ``"none"``; ``"covariates"`` pairs each training cell with a random control
+            of the same covariate combination (drawn afresh at every step), whose ELBO is added
+            (FCR's control branch); ``"any"`` pairs with any control.
     """
 
     name: str
@@ -207,6 +219,7 @@ class ModelSpec:
     likelihood: ComponentSpec = field(default_factory=lambda: ComponentSpec("nb"))
     regularizers: tuple[RegularizerSpec, ...] = ()
     encoder_input: str = "auto"
+    control_pairing: str = "none"
 
     def __post_init__(self) -> None:
         _name(self.name, "model")
@@ -220,10 +233,13 @@ class ModelSpec:
         if repeated:
             raise ConfigError(f"model {self.name!r}: block name(s) {listing(repeated)} used more than once.")
         regs = tuple(RegularizerSpec.parse(r) for r in self.regularizers)
-        reg_names = [r.name for r in regs]
-        repeated = sorted({n for n in reg_names if reg_names.count(n) > 1})
+        reg_keys = [r.key for r in regs]
+        repeated = sorted({n for n in reg_keys if reg_keys.count(n) > 1})
         if repeated:
-            raise ConfigError(f"model {self.name!r}: regularizer(s) {listing(repeated)} listed more than once.")
+            raise ConfigError(f"model {self.name!r}: regularizer(s) {listing(repeated)} listed more than once; "
+                              "give each a distinct key = '...'.")
+        if self.control_pairing not in CONTROL_PAIRINGS:
+            raise ConfigError(f"control_pairing={self.control_pairing!r} is not one of {listing(CONTROL_PAIRINGS)}.")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ConfigError(f"encoder_input={self.encoder_input!r} is not one of {listing(ENCODER_INPUTS)}.")
         object.__setattr__(self, "blocks", blocks)
@@ -244,21 +260,22 @@ class ModelSpec:
         out = [("likelihood", self.likelihood, "likelihood"), ("decoder", self.decoder, "decoder")]
         for b in self.blocks:
             out += [("prior", b.prior, f"block {b.name!r} prior"), ("encoder", b.encoder, f"block {b.name!r} encoder")]
-        out += [("regularizer", ComponentSpec(r.name, (), r.options), f"regularizer {r.name!r}") for r in self.regularizers]
+        out += [("regularizer", ComponentSpec(r.name, (), r.options), f"regularizer {r.key!r}") for r in self.regularizers]
         return out
 
     # -- (de)serialisation ------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         """Build from a plain dict (the shape of the TOML file)."""
-        _check_keys(data, ("name", "blocks", "decoder", "likelihood", "regularizers", "encoder_input"), "model spec")
+        _check_keys(data, ("name", "blocks", "decoder", "likelihood", "regularizers", "encoder_input",
+                           "control_pairing"), "model spec")
         blocks = _require(data, "blocks", "model spec")
         if not isinstance(blocks, Sequence) or isinstance(blocks, (str, bytes)):
             raise ConfigError(f"model spec: 'blocks' must be a list of tables, got {blocks!r}.")
         regs = data.get("regularizers", ())
         if isinstance(regs, (str, Mapping)) or not isinstance(regs, Sequence):
             raise ConfigError(f"model spec: 'regularizers' must be a list, got {regs!r}.")
-        fields = {k: data[k] for k in ("decoder", "likelihood", "encoder_input") if k in data}
+        fields = {k: data[k] for k in ("decoder", "likelihood", "encoder_input", "control_pairing") if k in data}
         return cls(_require(data, "name", "model spec"), tuple(blocks), regularizers=tuple(regs), **fields)
 
     @classmethod
@@ -286,6 +303,7 @@ class ModelSpec:
             "likelihood": self.likelihood.to_dict(),
             "regularizers": [r.to_dict() for r in self.regularizers],
             "encoder_input": self.encoder_input,
+            "control_pairing": self.control_pairing,
         }
 
 

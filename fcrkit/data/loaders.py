@@ -50,6 +50,16 @@ class Batch:
     labels: dict[str, Tensor]
     index: Tensor
 
+    @staticmethod
+    def concat(first: Batch, second: Batch) -> Batch:
+        """The cells of ``first`` followed by those of ``second`` (e.g. cells and their paired controls)."""
+        return Batch(
+            y=torch.cat([first.y, second.y]),
+            library=torch.cat([first.library, second.library]),
+            labels={k: torch.cat([v, second.labels[k]]) for k, v in first.labels.items()},
+            index=torch.cat([first.index, second.index]),
+        )
+
 
 class CellData:
     """A cells x genes matrix with its labels, held as tensors and served as minibatches.
@@ -105,7 +115,7 @@ class CellData:
 
     def batch(self, index: Any) -> Batch:
         """The cells at row numbers ``index`` (a 1-D integer tensor, array or list; repeats allowed)."""
-        return self._gather(self._check_index(index))
+        return self.gather(self._check_index(index))
 
     def iter_batches(
         self,
@@ -134,18 +144,18 @@ class CellData:
         n = index.numel()
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
-            yield self._gather(index[start : start + batch_size])
+            yield self.gather(index[start : start + batch_size])
 
-    # -- internals ----------------------------------------------------------------------------------
-
-    def _gather(self, index: Tensor) -> Batch:
-        """Batch of rows ``index`` (int64, already checked and on ``self.device``)."""
+    def gather(self, index: Tensor) -> Batch:
+        """Batch of rows ``index``, trusted: int64, valid and on ``self.device`` (no checks, no host sync)."""
         return Batch(
             y=self._rows.rows(index, self.device),
             library=self.library.index_select(0, index),
             labels={key: value.index_select(0, index) for key, value in self.labels.items()},
             index=index,
         )
+
+    # -- internals ----------------------------------------------------------------------------------
 
     def _check_index(self, index: Any) -> Tensor:
         """``index`` as a 1-D int64 tensor on ``self.device``, every entry a valid row."""

@@ -1,6 +1,7 @@
 """Recipes: models composed from registered parts, all with the same surface."""
 
 from fcrkit.models.base import Model, compose
+from fcrkit.models.fcr import FCR, fcr_spec
 from fcrkit.models.scvi import SCVI, scvi_spec
 
-__all__ = ["Model", "SCVI", "compose", "scvi_spec"]
+__all__ = ["FCR", "Model", "SCVI", "compose", "fcr_spec", "scvi_spec"]

@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fcrkit.data.loaders import Batch, CellData
+from fcrkit.data.pairing import ControlPairing, PairSampler
 from fcrkit.errors import ConfigError, NonFiniteLossError, listing
 from fcrkit.model import GenerativeModel
 
@@ -127,11 +128,15 @@ def split_indices(n: int, validation_fraction: float, generator: torch.Generator
 class Trainer:
     """Runs a :class:`TrainingPlan` on a model and its data; see the module docstring."""
 
-    def __init__(self, module: GenerativeModel, data: CellData, plan: TrainingPlan):
-        self.module, self.data, self.plan = module, data, plan
+    def __init__(self, module: GenerativeModel, data: CellData, plan: TrainingPlan,
+                 pairing: ControlPairing | None = None):
+        if module.spec.control_pairing != "none" and pairing is None:
+            raise ConfigError(f"model {module.spec.name!r} pairs cells with controls: pass a ControlPairing.")
+        self.module, self.data, self.plan, self.pairing = module, data, plan, pairing
+        self.sampler: PairSampler | None = None
         self.elbo = resolve_elbo(plan.elbo)
         self.regularizers = module.regularizers
-        self.weights = {r.name: r for r in module.spec.regularizers}
+        self.weights = {r.key: r for r in module.spec.regularizers}
         adversary_params = {id(p) for r in self.regularizers.values()
                             if getattr(r, "adversary", None) is not None for p in r.adversary.parameters()}
         model_params = [p for p in module.parameters() if id(p) not in adversary_params]
@@ -142,33 +147,48 @@ class Trainer:
         }
 
     # -- one minibatch --------------------------------------------------------------------------------
-    def _losses(self, batch: Batch, n_obs: int, epoch: float, with_terms: bool) -> tuple[dict[str, Tensor], object]:
-        """The negative ELBO per cell and each regulariser's loss term, and the context."""
+    def _losses(self, batch: Batch, n_obs: int, epoch: float, with_terms: bool,
+                generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], object]:
+        """The negative ELBO per cell and each regulariser's loss term, and the context.
+
+        With control pairing the batch is extended by each cell's paired control and the ELBO counts
+        both branches: ``-(ELBO(y) + ELBO(y0))`` per cell.
+        """
+        pairs, plate = 0, n_obs
+        if self.sampler is not None:
+            pairs, plate = batch.y.shape[0], 2 * n_obs
+            batch = Batch.concat(batch, self.data.gather(self.sampler.sample(batch.index, generator)))
         with ExitStack() as effects:
             for name, reg in self.regularizers.items():
                 if callable(getattr(reg, "handler", None)):
                     effects.enter_context(reg.handler(self.weights[name].weight_at(epoch)))
             guide = poutine.trace(self.module.guide)
-            terms = {"elbo": self.elbo.differentiable_loss(self.module.model, guide, batch, n_obs) / n_obs}
-        ctx = self.module.context(guide.trace, batch, n_obs, int(epoch), epoch / self.plan.max_epochs)
+            terms = {"elbo": self.elbo.differentiable_loss(self.module.model, guide, batch, plate) / n_obs}
+        ctx = self.module.context(guide.trace, batch, plate, int(epoch), epoch / self.plan.max_epochs, pairs)
         if with_terms:
             for name, reg in self.regularizers.items():
                 if callable(getattr(reg, "loss", None)):
                     terms[name] = reg.loss(ctx)
         return terms, ctx
 
-    def _step(self, batch: Batch, n_obs: int, epoch: float) -> dict[str, Tensor]:
-        terms, ctx = self._losses(batch, n_obs, epoch, with_terms=True)
+    def _step(self, batch: Batch, n_obs: int, epoch: float, generator: torch.Generator) -> dict[str, Tensor]:
+        terms, ctx = self._losses(batch, n_obs, epoch, with_terms=True, generator=generator)
         total = terms["elbo"]
         for name, term in terms.items():
             if name != "elbo":
                 total = total + self.weights[name].weight_at(epoch) * term
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        adversary_epoch = self._adversary_epoch(int(epoch))
+        if adversary_epoch:  # an alternating adversary's epoch: only adversaries learn
+            total = total.detach()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
         detached = ctx.detached()
         for name, optimizer in self.adversaries.items():
             reg = self.regularizers[name]
+            if int(getattr(reg, "alternate_every", 0)) and not _owns_epoch(reg, int(epoch)):
+                continue
             for _ in range(int(getattr(reg, "adversary_steps", 1))):
                 optimizer.zero_grad(set_to_none=True)
                 reg.adversary_loss(detached).backward()
@@ -184,6 +204,10 @@ class Trainer:
         term = next((k for k in bad if k not in ("loss", "validation_loss")), bad[0] if bad else "parameters")
         _restore(self.module, self.optimizer, last_good)
         raise NonFiniteLossError(term, epoch, row.get(term, float("nan"))) from cause
+
+    def _adversary_epoch(self, epoch: int) -> bool:
+        """Whether an adversary with an alternating schedule (``alternate_every``) owns this epoch."""
+        return any(_owns_epoch(self.regularizers[name], epoch) for name in self.adversaries)
 
     @torch.no_grad()
     def validation_loss(self, index: Tensor) -> Tensor:
@@ -201,6 +225,8 @@ class Trainer:
         generator = torch.Generator(device=data.device).manual_seed(seed)  # minibatch order
         train_idx, val_idx = split_indices(data.n_obs, plan.validation_fraction, torch.Generator().manual_seed(seed))
         train_idx, val_idx = train_idx.to(data.device), val_idx.to(data.device)
+        if self.pairing is not None:
+            self.sampler = self.pairing.sampler(train_idx, data.device)
         n_train = len(train_idx)
         n_batches = max(1, n_train // plan.batch_size if plan.drop_last else math.ceil(n_train / plan.batch_size))
 
@@ -216,7 +242,7 @@ class Trainer:
             try:
                 for step, batch in enumerate(data.iter_batches(train_idx, plan.batch_size, shuffle=True,
                                                                generator=generator, drop_last=plan.drop_last)):
-                    for key, value in self._step(batch, n_train, epoch + step / n_batches).items():
+                    for key, value in self._step(batch, n_train, epoch + step / n_batches, generator).items():
                         sums[key] = sums[key] + value if key in sums else value
             except (ValueError, RuntimeError) as err:
                 # a non-finite step poisons the parameters; the next step then fails inside Pyro or torch
@@ -245,6 +271,12 @@ class Trainer:
         history.seconds = time.perf_counter() - start
         history.cells_per_second = n_train * len(history) / max(history.seconds, 1e-9)
         return history
+
+
+def _owns_epoch(regularizer: object, epoch: int) -> bool:
+    """Alternating adversaries (``alternate_every = k``) own the k-th, 2k-th ... epochs."""
+    every = int(getattr(regularizer, "alternate_every", 0))
+    return every > 0 and (epoch + 1) % every == 0
 
 
 def _read_back(sums: dict[str, Tensor], n_batches: int) -> dict[str, float]:

@@ -1,0 +1,207 @@
+"""Regularisers that decide which latent block holds what (FCR's Figure 2c, usable by any model).
+
+- ``label_classifier``: predict a label (``t`` or ``x``) from chosen blocks, trained with the model;
+  FCR's causal-structure classifier ``f_ct(z_t, z_tx) -> t`` and covariate classifier ``z_x -> x``.
+- ``permutation_discriminator``: an adversary telling real ``(z_a, z_b)`` pairs from pairs whose
+  ``z_b`` was permuted among cells of the same condition; the encoders are trained to fool it.
+- ``control_similarity``: ``cos(z_t, z_t⁰) − cos(z_x, z_x⁰)`` between a cell and its paired control.
+- ``condition_kl``: KL between the per-condition averages of posterior and prior ("marginal" KL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fcrkit.components.nn import mlp, mlp_width
+from fcrkit.errors import ConfigError, did_you_mean, listing
+from fcrkit.hookspecs import hookimpl
+from fcrkit.protocols import Context, ModelInfo
+
+
+def _check_blocks(info: ModelInfo, blocks: Sequence[str], who: str) -> tuple[str, ...]:
+    blocks = (blocks,) if isinstance(blocks, str) else tuple(blocks)
+    if not blocks:
+        raise ConfigError(f"regularizer {who!r}: give at least one block.")
+    for block in blocks:
+        if block not in info.block_dims:
+            raise ConfigError(f"regularizer {who!r}: unknown block {block!r}.{did_you_mean(block, info.block_dims)} "
+                              f"Blocks of this model: {listing(info.block_dims)}.")
+    return blocks
+
+
+def _check_label(info: ModelInfo, label: str, who: str) -> None:
+    if label not in info.label_dims:
+        raise ConfigError(f"regularizer {who!r}: the data has no {label!r} labels (it has {listing(info.label_dims)}); "
+                          "register them with fcrkit.setup_anndata.")
+
+
+def condition_ids(ctx: Context) -> Tensor:
+    """An integer id per cell of its condition: its (covariates, treatment) label row."""
+    rows = torch.cat([ctx.labels[k] for k in sorted(ctx.labels)], dim=-1)
+    return torch.unique(rows, dim=0, return_inverse=True)[1]
+
+
+def permute_within(groups: Tensor) -> Tensor:
+    """A random permutation that moves each cell to another cell of its group (if it has one)."""
+    n = groups.numel()
+    position = torch.arange(n, device=groups.device)
+    order = torch.argsort(groups.double() * 2 + torch.rand(n, device=groups.device))  # groups contiguous, shuffled
+    ordered = groups[order]
+    first = torch.ones(n, dtype=torch.bool, device=groups.device)
+    first[1:] = ordered[1:] != ordered[:-1]
+    last = torch.ones_like(first)
+    last[:-1] = first[1:]
+    start = torch.cummax(torch.where(first, position, torch.zeros_like(position)), dim=0).values
+    successor = torch.where(last, start, position + 1)  # next cell of the same group, cyclically
+    permutation = torch.empty_like(order)
+    permutation[order] = order[successor]
+    return permutation
+
+
+def _head(n_input: int, n_output: int, n_hidden: int, n_layers: int) -> nn.Sequential:
+    trunk = mlp(n_input, n_hidden, n_layers, norm="none")
+    return nn.Sequential(trunk, nn.Linear(mlp_width(n_input, n_hidden, n_layers), n_output))
+
+
+class LabelClassifier(nn.Module):
+    """Classify a label from latent blocks (trained with the model); FCR's f_ct and z_x -> x.
+
+    Labels are multi-hot (combinations, several covariate columns), so the loss is the binary
+    cross-entropy summed over label entries and averaged over cells.
+
+    Args:
+        blocks: the blocks the classifier reads (concatenated).
+        label: ``"t"`` (treatment) or ``"x"`` (covariates).
+        n_hidden, n_layers: the classifier MLP.
+        use: ``"z"`` (posterior samples) or ``"loc"`` (posterior means).
+    """
+
+    def __init__(self, info: ModelInfo, *, blocks: Sequence[str] = ("t",), label: str = "t",
+                 n_hidden: int = 64, n_layers: int = 1, use: str = "z"):
+        super().__init__()
+        self.blocks = _check_blocks(info, blocks, "label_classifier")
+        _check_label(info, label, "label_classifier")
+        if use not in ("z", "loc"):
+            raise ConfigError(f"regularizer 'label_classifier': use={use!r} is not 'z' or 'loc'.")
+        self.label, self.use = label, use
+        n_in = sum(info.block_dims[b] for b in self.blocks)
+        self.classifier = _head(n_in, info.label_dims[label], n_hidden, n_layers)
+
+    def logits(self, ctx: Context) -> Tensor:
+        latents = getattr(ctx, self.use)
+        return self.classifier(torch.cat([latents[b] for b in self.blocks], dim=-1))
+
+    def loss(self, ctx: Context) -> Tensor:
+        target = (ctx.labels[self.label] > 0).to(torch.float32)
+        return F.binary_cross_entropy_with_logits(self.logits(ctx), target, reduction="none").sum(-1).mean()
+
+
+class PermutationDiscriminator(nn.Module):
+    """Adversary: real (z_a, z_b) pairs vs pairs with z_b permuted within a condition; encoders fool it.
+
+    Within a condition the blocks should be independent, so the permutation must be undetectable.
+    The discriminator trains on detached latents with its own optimiser; the model's term is
+    ``-BCE`` of the discriminator (weight ``λ_perm``), so its gradient reaches the encoders.
+
+    Args:
+        blocks: ``(a, b)``; ``b`` is permuted.
+        n_hidden, n_layers: the discriminator MLP.
+        adversary_lr: its learning rate; adversary_steps: its steps per model step.
+        alternate_every: if > 0, the discriminator trains only in every ``alternate_every``-th
+            epoch, and the model does not step in those epochs (the authors' one-in-eight schedule).
+        published_noop: compute the model's term without gradient, as both published versions of the
+            FCR code did by mistake (for comparison only).
+    """
+
+    def __init__(self, info: ModelInfo, *, blocks: Sequence[str] = ("t", "tx"), n_hidden: int = 64,
+                 n_layers: int = 2, adversary_lr: float = 1e-3, adversary_steps: int = 1,
+                 alternate_every: int = 0, published_noop: bool = False):
+        super().__init__()
+        self.blocks = _check_blocks(info, blocks, "permutation_discriminator")
+        if len(self.blocks) != 2:
+            raise ConfigError(f"regularizer 'permutation_discriminator': blocks={list(self.blocks)} must name two blocks.")
+        self.adversary = _head(sum(info.block_dims[b] for b in self.blocks), 1, n_hidden, n_layers)
+        self.adversary_lr, self.adversary_steps = float(adversary_lr), int(adversary_steps)
+        self.alternate_every, self.published_noop = int(alternate_every), bool(published_noop)
+
+    def _bce(self, ctx: Context) -> Tensor:
+        a, b = (ctx.z[name] for name in self.blocks)
+        permuted = b.index_select(0, permute_within(condition_ids(ctx)))
+        real = self.adversary(torch.cat([a, b], dim=-1)).squeeze(-1)
+        fake = self.adversary(torch.cat([a, permuted], dim=-1)).squeeze(-1)
+        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+
+    def adversary_loss(self, ctx: Context) -> Tensor:
+        return self._bce(ctx)
+
+    def loss(self, ctx: Context) -> Tensor:
+        if self.published_noop:
+            with torch.no_grad():
+                return -self._bce(ctx)
+        return -self._bce(ctx)
+
+
+class ControlSimilarity:
+    """cos(z_t, z_t⁰) over treated cells − cos(z_x, z_x⁰) over all cells, on posterior means.
+
+    ``z⁰`` is the encoding of the cell's paired control (``control_pairing`` in the spec): the
+    treatment block is pushed away from its control's, the covariate block towards it.
+    """
+
+    needs_control_pairing = True
+
+    def __init__(self, info: ModelInfo, *, treatment_block: str = "t", covariate_block: str = "x"):
+        self.treatment_block, self.covariate_block = _check_blocks(
+            info, (treatment_block, covariate_block), "control_similarity")
+        _check_label(info, "t", "control_similarity")
+
+    def loss(self, ctx: Context) -> Tensor:
+        n = ctx.pairs
+        t, x = ctx.loc[self.treatment_block], ctx.loc[self.covariate_block]
+        treated = (ctx.labels["t"][:n].sum(-1) > 0).to(t.dtype)
+        cos_t = F.cosine_similarity(t[:n], t[n:2 * n], dim=-1)
+        cos_x = F.cosine_similarity(x[:n], x[n:2 * n], dim=-1)
+        return (cos_t * treated).sum() / treated.sum().clamp_min(1.0) - cos_x.mean()
+
+
+class ConditionKL:
+    """KL between per-condition averages of posterior and prior Gaussians, averaged over conditions.
+
+    Within the minibatch, cells are grouped by condition; the posterior means and scales, and the
+    prior means and scales, are averaged per group, and ``KL(avg posterior || avg prior)`` is summed
+    over dimensions and blocks and averaged over the groups present.
+    """
+
+    def __init__(self, info: ModelInfo, *, blocks: Sequence[str] | None = None):
+        self.blocks = _check_blocks(info, list(info.block_dims) if blocks is None else blocks, "condition_kl")
+
+    def loss(self, ctx: Context) -> Tensor:
+        groups = condition_ids(ctx)
+        n_groups = int(groups.max()) + 1
+        counts = torch.zeros(n_groups, device=groups.device).index_add_(0, groups, torch.ones_like(groups, dtype=torch.float32))
+
+        def average(values: Tensor) -> Tensor:
+            total = torch.zeros(n_groups, values.shape[-1], device=values.device, dtype=values.dtype)
+            return total.index_add_(0, groups, values) / counts[:, None]
+
+        total = torch.zeros((), device=groups.device)
+        for block in self.blocks:
+            prior = ctx.module.prior_distribution(block, ctx.labels, len(groups))
+            q = torch.distributions.Normal(average(ctx.loc[block]), average(ctx.scale[block]))
+            p = torch.distributions.Normal(average(prior.loc.expand_as(ctx.loc[block])),
+                                           average(prior.scale.expand_as(ctx.scale[block])))
+            total = total + torch.distributions.kl_divergence(q, p).sum(-1).mean()
+        return total
+
+
+@hookimpl
+def fcrkit_register_components(registry) -> None:
+    registry.regularizer("label_classifier", LabelClassifier)
+    registry.regularizer("permutation_discriminator", PermutationDiscriminator)
+    registry.regularizer("control_similarity", ControlSimilarity)
+    registry.regularizer("condition_kl", ConditionKL)
