@@ -1,0 +1,191 @@
+"""FCR's parts: control pairing, the structure regularisers, the recipe's arguments, predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from anndata import AnnData
+
+import fcrkit
+from fcrkit.components.structure import (
+    ConditionKL,
+    ControlSimilarity,
+    LabelClassifier,
+    PermutationDiscriminator,
+    permute_within,
+)
+from fcrkit.data.loaders import CellData
+from fcrkit.data.pairing import ControlPairing
+from fcrkit.errors import ConfigError, DataError
+from fcrkit.protocols import Context, ModelInfo
+
+
+@pytest.fixture
+def world() -> AnnData:
+    adata = fcrkit.simulate.interaction(n_cells=600, n_genes=40, n_covariates=2, n_treatments=2, seed=0)
+    fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["covariate"])
+    return adata
+
+
+def small_fcr(adata, **kwargs) -> fcrkit.models.FCR:
+    return fcrkit.models.FCR(adata, n_latent=2, n_hidden=32, n_layers=1, prior_hidden=16, seed=0, **kwargs)
+
+
+def one_context(model, adata, n: int = 64) -> Context:
+    """The context of one paired batch, as the trainer builds it."""
+    from fcrkit.train.trainer import Trainer, TrainingPlan
+
+    data = CellData.from_anndata(adata, model.setup)
+    pairing = ControlPairing.from_anndata(adata, model.setup, model.spec.control_pairing)
+    trainer = Trainer(model.module, data, TrainingPlan(max_epochs=1), pairing)
+    trainer.sampler = pairing.sampler(torch.arange(data.n_obs), data.device)
+    _, ctx = trainer._losses(data.batch(torch.arange(n)), data.n_obs, 0.0, with_terms=False)
+    assert isinstance(ctx, Context) and ctx.pairs == n
+    return ctx
+
+
+# -- pairing ---------------------------------------------------------------------------------------
+def test_pairs_are_controls_of_the_same_covariates(world):
+    setup = fcrkit.data.get_setup(world)
+    sampler = ControlPairing.from_anndata(world, setup).sampler(torch.arange(world.n_obs), torch.device("cpu"))
+    cells = torch.arange(world.n_obs)
+    partners = torch.cat([sampler.sample(cells, torch.Generator().manual_seed(s)) for s in range(3)]).numpy()
+    obs = world.obs
+    assert (obs["treatment"].to_numpy()[partners] == "control").all()
+    assert (obs["covariate"].to_numpy()[partners] == np.tile(obs["covariate"].to_numpy(), 3)).all()
+    assert len(np.unique(partners)) > 0.5 * (obs["treatment"] == "control").sum()  # really random
+
+
+def test_missing_controls_are_named_and_any_pairing_works(world):
+    adata = world[~((world.obs["covariate"] == "cov_1") & (world.obs["treatment"] == "control"))].copy()
+    setup = fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["covariate"])
+    with pytest.raises(DataError, match=r"covariate='cov_1'.*control_pairing = 'any'"):
+        ControlPairing.from_anndata(adata, setup).sampler(torch.arange(adata.n_obs), torch.device("cpu"))
+    sampler = ControlPairing.from_anndata(adata, setup, "any").sampler(torch.arange(adata.n_obs), torch.device("cpu"))
+    partners = sampler.sample(torch.arange(adata.n_obs)).numpy()
+    assert (adata.obs["treatment"].to_numpy()[partners] == "control").all()
+
+
+# -- regularisers ----------------------------------------------------------------------------------
+def test_permute_within_moves_cells_inside_their_group():
+    groups = torch.tensor([0, 1, 0, 2, 1, 0, 1, 3])
+    for _ in range(5):
+        perm = permute_within(groups)
+        assert sorted(perm.tolist()) == list(range(8))
+        assert torch.equal(groups[perm], groups)
+        moved = perm != torch.arange(8)
+        singleton = (groups == 2) | (groups == 3)
+        assert moved[~singleton].all() and not moved[singleton].any()  # a lone cell stays
+
+
+def test_discriminator_gradient_reaches_the_encoders_unless_published_noop(world):
+    grads = {}
+    for noop in (False, True):
+        model = small_fcr(world, published_noop=noop)
+        ctx = one_context(model, world)
+        term = model.module.regularizers["permutation_t"].loss(ctx)
+        model.module.zero_grad()
+        if term.requires_grad:
+            term.backward()
+        params = list(model.module.encoders["tx"].parameters()) + list(model.module.encoders["t"].parameters())
+        grads[noop] = sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+    assert grads[False] > 0
+    assert grads[True] == 0
+
+
+def test_label_classifier_learns_a_separable_label():
+    info = ModelInfo({"t": 2}, {"t": 3}, 10)
+    clf = LabelClassifier(info, blocks=["t"], label="t")
+    labels = torch.eye(3).repeat(50, 1)
+    z = labels @ torch.randn(3, 2) * 3 + 0.05 * torch.randn(150, 2)
+    ctx = Context({"t": z}, {"t": z}, {"t": torch.ones_like(z)}, {"t": labels}, torch.arange(150), 150)
+    optimizer = torch.optim.Adam(clf.parameters(), lr=0.05)
+    first = float(clf.loss(ctx).detach())
+    for _ in range(200):
+        optimizer.zero_grad()
+        clf.loss(ctx).backward()
+        optimizer.step()
+    assert float(clf.loss(ctx).detach()) < 0.1 * first
+    with pytest.raises(ConfigError, match="unknown block 'zz'"):
+        LabelClassifier(info, blocks=["zz"], label="t")
+
+
+def test_control_similarity_value():
+    info = ModelInfo({"x": 2, "t": 2}, {"t": 1}, 10)
+    sim = ControlSimilarity(info)
+    t = torch.tensor([[1.0, 0], [1, 0], [1, 0], [0, 1]])  # rows 0-1 cells, 2-3 their controls
+    x = torch.tensor([[1.0, 0], [0, 1], [1, 0], [1, 0]])
+    labels = {"t": torch.tensor([[1.0], [0.0], [0.0], [0.0]])}  # cell 0 treated, cell 1 a control
+    ctx = Context({}, {"t": t, "x": x}, {}, labels, torch.arange(4), 4, pairs=2)
+    # cos_t over treated cells: cell 0 vs its control = 1; cos_x mean: (1 + 0) / 2
+    assert float(sim.loss(ctx)) == pytest.approx(1.0 - 0.5)
+
+
+def test_condition_kl_is_zero_at_the_prior_and_positive_away(world):
+    model = small_fcr(world, weights={"condition_kl": 1.0})
+    ctx = one_context(model, world)
+    reg = model.module.regularizers["condition_kl"]
+    assert isinstance(reg, ConditionKL) and float(reg.loss(ctx)) > 0
+    for block in ("x", "t", "tx"):
+        prior = model.module.prior_distribution(block, ctx.labels, len(ctx.index))
+        ctx.loc[block], ctx.scale[block] = prior.loc.detach().clone(), prior.scale.detach().clone()
+    assert float(reg.loss(ctx)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_alternating_adversary_owns_every_kth_epoch(world):
+    model = small_fcr(world, alternate_every=2, weights={"permutation_x": 0})
+    reg = model.module.regularizers["permutation_t"]
+    calls = []
+    original = reg.adversary_loss
+    reg.adversary_loss = lambda ctx: (calls.append(ctx.epoch), original(ctx))[1]
+    model.train(max_epochs=4, batch_size=200, seed=0, accelerator="cpu", validation_fraction=0.0,
+                progress_bar=False)
+    assert sorted(set(calls)) == [1, 3]  # epochs 2 and 4 (1-based) belong to the discriminator
+
+
+# -- the recipe ------------------------------------------------------------------------------------
+def test_fcr_arguments(world):
+    spec = fcrkit.models.fcr_spec(weights={"similarity": 0}, regularizers=[
+        {"name": "kl", "weight": 2.0}, {"name": "label_classifier", "key": "extra", "blocks": ["x"], "label": "t"}])
+    keys = [r.key for r in spec.regularizers]
+    assert "similarity" not in keys and "extra" in keys and keys.count("kl") == 1
+    assert next(r for r in spec.regularizers if r.key == "kl").weight == 2.0
+    assert [b.name for b in spec.blocks] == ["x", "tx", "t"]
+    with pytest.raises(ConfigError, match="'similarty'.*Did you mean 'similarity'"):
+        fcrkit.models.fcr_spec(weights={"similarty": 1})
+    with pytest.raises(ConfigError, match="tx_prior='sum'"):
+        fcrkit.models.fcr_spec(tx_prior="sum")
+    with pytest.raises(ConfigError, match="'x', 't', 'tx'"):
+        fcrkit.models.fcr_spec(n_latent={"x": 2, "t": 2})
+
+
+def test_predict_redraws_treatment_blocks_and_checks_inputs(world):
+    model = small_fcr(world)
+    model.train(max_epochs=3, batch_size=200, seed=0, accelerator="cpu", progress_bar=False)
+    controls = world[world.obs["treatment"] == "control"].copy()
+    pred = model.predict(controls, treatment="drug_1", seed=0)
+    assert pred.shape == controls.shape and list(pred.var_names) == list(controls.var_names)
+    assert (pred.obs["treatment"] == "drug_1").all()
+    assert pred.uns["fcrkit_prediction"]["redrawn_blocks"] == ["tx", "t"]
+    assert np.all(pred.X >= 0)
+    library = np.asarray(controls.X.sum(axis=1)).ravel()
+    np.testing.assert_allclose(pred.X.sum(axis=1), library, rtol=1e-3)  # expected counts keep the library
+    again = model.predict(controls, treatment="drug_1", seed=0)
+    np.testing.assert_array_equal(pred.X, again.X)
+    assert not np.allclose(model.predict(controls, treatment="drug_0", seed=0).X, pred.X)
+    with pytest.raises(DataError, match="drug_9"):
+        model.predict(controls, treatment="drug_9")
+    strange = controls.copy()
+    strange.obs["covariate"] = pd.Categorical(["cov_7"] * strange.n_obs)
+    with pytest.raises(DataError, match="cov_7"):
+        model.predict(strange, treatment="drug_1")
+    with pytest.raises(DataError, match="genes differ"):
+        model.predict(controls[:, :30].copy(), treatment="drug_1")
+
+
+def test_models_without_treatment_blocks_cannot_predict(world):
+    model = fcrkit.models.SCVI(world, n_latent=2, n_hidden=16)
+    with pytest.raises(ConfigError, match="cannot predict"):
+        model.predict(world, treatment="drug_1")
