@@ -8,7 +8,7 @@ working.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class FcrkitError(Exception):
@@ -62,3 +62,11 @@ def listing(choices: Iterable[str]) -> str:
     """Format choices as ``'a', 'b', 'c'`` (or ``(none)``) for messages."""
     items = sorted(str(c) for c in choices)
     return ", ".join(repr(c) for c in items) if items else "(none)"
+
+
+def check_choice(option: str, value: object, allowed: Sequence[str], *, owner: str = "") -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``allowed``, naming the option and value."""
+    if not (isinstance(value, str) and value in allowed):
+        prefix = f"{owner}: " if owner else ""
+        raise ConfigError(f"{prefix}option {option}={value!r} is not one of {listing(allowed)}."
+                          f"{did_you_mean(str(value), allowed)}")

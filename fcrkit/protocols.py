@@ -31,9 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
-import torch
 from pyro.distributions import Distribution
-from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
 LabelDims = Mapping[str, int]

@@ -13,7 +13,6 @@ from fcrkit.components.structure import (
     ConditionKL,
     ControlSimilarity,
     LabelClassifier,
-    PermutationDiscriminator,
     permute_within,
 )
 from fcrkit.data.loaders import CellData

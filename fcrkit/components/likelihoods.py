@@ -19,7 +19,7 @@ bottom of this module, exactly as a third-party plugin would register its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyro.distributions as dist
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pyro.distributions import Distribution
 from torch import Tensor, nn
 
-from fcrkit.errors import ConfigError, did_you_mean, listing
+from fcrkit.errors import ConfigError, check_choice
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import InputKind
 
@@ -54,15 +54,6 @@ THETA_MIN = 1e-6
 THETA_MAX = 1e6
 _LOG_THETA_MIN = math.log(THETA_MIN)
 _LOG_THETA_MAX = math.log(THETA_MAX)
-
-
-def _check_choice(owner: str, option: str, value: Any, allowed: Sequence[str]) -> None:
-    """Raise :class:`ConfigError` naming ``option``, ``value`` and the allowed values."""
-    if not (isinstance(value, str) and value in allowed):
-        raise ConfigError(
-            f"{owner}: option {option}={value!r} is not supported; allowed values: "
-            f"{listing(allowed)}.{did_you_mean(str(value), allowed)}"
-        )
 
 
 def _check_n_genes(owner: str, n_genes: Any) -> int:
@@ -102,7 +93,7 @@ class NegativeBinomial(nn.Module):
         super().__init__()
         owner = f"{type(self).__name__} likelihood"
         self.n_genes = _check_n_genes(owner, n_genes)
-        _check_choice(owner, "dispersion", dispersion, ("gene",))
+        check_choice("dispersion", dispersion, ("gene",), owner=owner)
         self.dispersion = dispersion
         self.log_theta = nn.Parameter(torch.zeros(n_genes))
 
@@ -199,7 +190,7 @@ class Gaussian(nn.Module):
         super().__init__()
         owner = "Gaussian likelihood"
         self.n_genes = _check_n_genes(owner, n_genes)
-        _check_choice(owner, "scale", scale, ("gene", "gene-cell"))
+        check_choice("scale", scale, ("gene", "gene-cell"), owner=owner)
         if (
             isinstance(min_scale, bool)
             or not isinstance(min_scale, (int, float))

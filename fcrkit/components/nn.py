@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from fcrkit.errors import ConfigError, listing
+from fcrkit.errors import ConfigError, check_choice
 from fcrkit.protocols import Labels
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -19,11 +19,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "softplus": nn.Softplus,
 }
 NORMS = ("batch", "layer", "none")
-
-
-def _check_choice(option: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"option {option}={value!r} is not one of {listing(choices)}.")
 
 
 def _check_int(option: str, value: int, minimum: int) -> None:
@@ -59,8 +54,8 @@ def mlp(
     """
     _check_int("n_hidden", n_hidden, 1)
     _check_int("n_layers", n_layers, 0)
-    _check_choice("norm", norm, NORMS)
-    _check_choice("activation", activation, tuple(ACTIVATIONS))
+    check_choice("norm", norm, NORMS)
+    check_choice("activation", activation, tuple(ACTIVATIONS))
     if not 0.0 <= float(dropout) < 1.0:
         raise ConfigError(f"option dropout={dropout!r} must be in [0, 1).")
     layers: list[nn.Module] = []
