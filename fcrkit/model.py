@@ -53,12 +53,17 @@ class GenerativeModel(nn.Module):
         self.likelihood = registry.build("likelihood", lik.name, self.n_genes, **lik.options)
         self.priors = nn.ModuleDict()
         self.encoders = nn.ModuleDict()
+        n_latent = sum(spec.block_dims.values())
         for block in spec.blocks:
             self.priors[block.name] = self._build(registry, "prior", block.prior, f"{block.name}.prior", block.dim)
-            self.encoders[block.name] = self._build(
-                registry, "encoder", block.encoder, f"{block.name}.encoder", self.n_genes, block.dim
+            if spec.joint_encoder is None:
+                self.encoders[block.name] = self._build(
+                    registry, "encoder", block.encoder, f"{block.name}.encoder", self.n_genes, block.dim
+                )
+        if spec.joint_encoder is not None:  # one encoder, its output split into the blocks
+            self.encoders["joint"] = self._build(
+                registry, "encoder", spec.joint_encoder, "joint.encoder", self.n_genes, n_latent
             )
-        n_latent = sum(spec.block_dims.values())
         self.decoder = self._build(
             registry, "decoder", spec.decoder, "decoder", n_latent, self.n_genes, tuple(self.likelihood.heads)
         )
@@ -112,17 +117,20 @@ class GenerativeModel(nn.Module):
 
     def guide(self, batch: Batch, n_obs: int) -> None:
         """q(z | y, labels) for the cells of ``batch``."""
-        y = self.inputs(batch.y)
+        posterior = self.encode(batch)
         with pyro.plate("cells", n_obs, subsample=batch.index):
-            for name, encoder in self.encoders.items():
-                loc, scale = encoder(y, self.labels_for(f"{name}.encoder", batch.labels))
+            for name, (loc, scale) in posterior.items():
                 pyro.sample(name, dist.Normal(loc, scale).to_event(1))
 
     # -- deterministic use of the parts ---------------------------------------------------------------
     def encode(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
         """Posterior ``(loc, scale)`` of each block for the cells of ``batch``."""
         y = self.inputs(batch.y)
-        return {name: enc(y, self.labels_for(f"{name}.encoder", batch.labels)) for name, enc in self.encoders.items()}
+        if "joint" not in self.encoders:
+            return {name: enc(y, self.labels_for(f"{name}.encoder", batch.labels)) for name, enc in self.encoders.items()}
+        loc, scale = self.encoders["joint"](y, self.labels_for("joint.encoder", batch.labels))
+        sizes = list(self.spec.block_dims.values())
+        return {name: (l, s) for name, l, s in zip(self.spec.block_dims, loc.split(sizes, -1), scale.split(sizes, -1))}
 
     def prior_distribution(self, block: str, labels: Labels, n: int) -> dist.Distribution:
         """The prior of ``block`` for ``n`` cells with ``labels``, without its ``to_event`` wrapper."""
@@ -138,7 +146,7 @@ class GenerativeModel(nn.Module):
                 pairs: int = 0) -> Context:
         """What regularisers see of a minibatch, read off the guide's trace."""
         z, loc, scale = {}, {}, {}
-        for name in self.encoders:
+        for name in self.priors:
             site = guide_trace.nodes[name]
             normal = site["fn"].base_dist if isinstance(site["fn"], dist.Independent) else site["fn"]
             z[name], loc[name], scale[name] = site["value"], normal.loc, normal.scale

@@ -208,6 +208,8 @@ class ModelSpec:
         regularizers: extra terms and effects, each with its weight.
         encoder_input: what encoders see: ``"log1p"`` of counts, the values (``"identity"``), or
             ``"auto"`` (``log1p`` for count likelihoods, values otherwise).
+        joint_encoder: one encoder for all blocks, whose output is split into them (then the
+            blocks' own ``encoder`` entries are not used); None for one encoder per block.
         control_pairing: ``"none"``; ``"covariates"`` pairs each training cell with a random control
             of the same covariate combination (drawn afresh at every step), whose ELBO is added
             (FCR's control branch); ``"any"`` pairs with any control.
@@ -220,6 +222,7 @@ class ModelSpec:
     regularizers: tuple[RegularizerSpec, ...] = ()
     encoder_input: str = "auto"
     control_pairing: str = "none"
+    joint_encoder: ComponentSpec | None = None
 
     def __post_init__(self) -> None:
         _name(self.name, "model")
@@ -246,6 +249,8 @@ class ModelSpec:
         object.__setattr__(self, "regularizers", regs)
         object.__setattr__(self, "decoder", ComponentSpec.parse(self.decoder, "decoder"))
         object.__setattr__(self, "likelihood", ComponentSpec.parse(self.likelihood, "likelihood"))
+        if self.joint_encoder is not None:
+            object.__setattr__(self, "joint_encoder", ComponentSpec.parse(self.joint_encoder, "joint_encoder"))
 
     @property
     def block_dims(self) -> dict[str, int]:
@@ -259,7 +264,11 @@ class ModelSpec:
         """Every (kind, component, where) the spec uses, for validation against a registry."""
         out = [("likelihood", self.likelihood, "likelihood"), ("decoder", self.decoder, "decoder")]
         for b in self.blocks:
-            out += [("prior", b.prior, f"block {b.name!r} prior"), ("encoder", b.encoder, f"block {b.name!r} encoder")]
+            out.append(("prior", b.prior, f"block {b.name!r} prior"))
+            if self.joint_encoder is None:
+                out.append(("encoder", b.encoder, f"block {b.name!r} encoder"))
+        if self.joint_encoder is not None:
+            out.append(("encoder", self.joint_encoder, "joint encoder"))
         out += [("regularizer", ComponentSpec(r.name, (), r.options), f"regularizer {r.key!r}") for r in self.regularizers]
         return out
 
@@ -268,14 +277,15 @@ class ModelSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         """Build from a plain dict (the shape of the TOML file)."""
         _check_keys(data, ("name", "blocks", "decoder", "likelihood", "regularizers", "encoder_input",
-                           "control_pairing"), "model spec")
+                           "control_pairing", "joint_encoder"), "model spec")
         blocks = _require(data, "blocks", "model spec")
         if not isinstance(blocks, Sequence) or isinstance(blocks, (str, bytes)):
             raise ConfigError(f"model spec: 'blocks' must be a list of tables, got {blocks!r}.")
         regs = data.get("regularizers", ())
         if isinstance(regs, (str, Mapping)) or not isinstance(regs, Sequence):
             raise ConfigError(f"model spec: 'regularizers' must be a list, got {regs!r}.")
-        fields = {k: data[k] for k in ("decoder", "likelihood", "encoder_input", "control_pairing") if k in data}
+        fields = {k: data[k] for k in ("decoder", "likelihood", "encoder_input", "control_pairing", "joint_encoder")
+                  if k in data}
         return cls(_require(data, "name", "model spec"), tuple(blocks), regularizers=tuple(regs), **fields)
 
     @classmethod
@@ -304,6 +314,7 @@ class ModelSpec:
             "regularizers": [r.to_dict() for r in self.regularizers],
             "encoder_input": self.encoder_input,
             "control_pairing": self.control_pairing,
+            **({"joint_encoder": self.joint_encoder.to_dict()} if self.joint_encoder is not None else {}),
         }
 
 

@@ -188,3 +188,15 @@ def test_models_without_treatment_blocks_cannot_predict(world):
     model = fcrkit.models.SCVI(world, n_latent=2, n_hidden=16)
     with pytest.raises(ConfigError, match="cannot predict"):
         model.predict(world, treatment="drug_1")
+
+
+def test_joint_encoder_variant_splits_one_encoder_into_the_blocks(world, tmp_path):
+    model = small_fcr(world, joint_encoder=True)
+    assert list(model.module.encoders) == ["joint"]
+    assert model.spec.joint_encoder.conditions == ("x", "t")
+    model.train(max_epochs=2, batch_size=200, seed=0, accelerator="cpu", progress_bar=False)
+    latent = model.get_latent_representation()
+    assert {k: v.shape for k, v in latent.items()} == {f"X_fcr_{b}": (world.n_obs, 2) for b in ("x", "tx", "t")}
+    model.save(tmp_path / "joint")
+    again = fcrkit.models.FCR.load(tmp_path / "joint", world)
+    np.testing.assert_array_equal(again.get_latent_representation()["X_fcr_tx"], latent["X_fcr_tx"])
