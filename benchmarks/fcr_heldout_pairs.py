@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tx-prior", default="concat", choices=("concat", "product"))
     parser.add_argument("--out", type=Path, default=Path("fcr_heldout_pairs.csv"))
     args = parser.parse_args()
 
@@ -41,7 +42,7 @@ def main() -> None:
     held = pd.concat([(pert == p) & (line == c) for p, c in pairs], axis=1).any(axis=1)
     train = adata[~held.values].copy()
     fcrkit.setup_anndata(train, treatment_key="perturbation", covariate_keys=["cell_type"], control_value="control")
-    model = fcrkit.models.FCR(train, n_latent=10, seed=args.seed)
+    model = fcrkit.models.FCR(train, n_latent=10, tx_prior=args.tx_prior, seed=args.seed)
     start = time.perf_counter()
     model.train(max_epochs=args.epochs, batch_size=256, seed=args.seed)
     print(f"trained on {train.n_obs} cells x {train.n_vars} genes in {time.perf_counter() - start:.0f} s")

@@ -174,6 +174,9 @@ def test_predict_redraws_treatment_blocks_and_checks_inputs(world):
     again = model.predict(controls, treatment="drug_1", seed=0)
     np.testing.assert_array_equal(pred.X, again.X)
     assert not np.allclose(model.predict(controls, treatment="drug_0", seed=0).X, pred.X)
+    combination = model.predict(controls, treatment="drug_0+drug_1", seed=0)  # never seen together
+    assert (combination.obs["treatment"] == "drug_0+drug_1").all()
+    assert not np.allclose(combination.X, pred.X)
     with pytest.raises(DataError, match="drug_9"):
         model.predict(controls, treatment="drug_9")
     strange = controls.copy()
@@ -200,3 +203,14 @@ def test_joint_encoder_variant_splits_one_encoder_into_the_blocks(world, tmp_pat
     model.save(tmp_path / "joint")
     again = fcrkit.models.FCR.load(tmp_path / "joint", world)
     np.testing.assert_array_equal(again.get_latent_representation()["X_fcr_tx"], latent["X_fcr_tx"])
+
+
+def test_product_prior_multiplies_the_label_embeddings(world):
+    model = small_fcr(world, tx_prior="product")
+    prior = model.module.priors["tx"]
+    assert prior.combine == "product" and set(prior.embed) == {"x", "t"}
+    labels = {"x": torch.eye(2)[[0, 1]], "t": torch.eye(2)[[1, 1]]}
+    expected = prior.embed["x"](labels["x"]) * prior.embed["t"](labels["t"])
+    torch.testing.assert_close(prior.embedding(labels), expected)
+    scale = prior.distribution(labels, 2).base_dist.scale
+    assert not torch.allclose(scale[0], scale[1])  # the scale depends on the condition too
