@@ -199,8 +199,8 @@ class Trainer:
                              cause: BaseException | None = None) -> None:
         """Restore the last good state and raise, naming the term, if a loss or a parameter is not finite."""
         bad = [k for k, v in row.items() if not math.isfinite(v)]
-        if not bad and all(torch.isfinite(p).all() for p in self.module.parameters()):
-            return
+        if not bad and bool(torch.stack([torch.isfinite(p).all() for p in self.module.parameters()]).all()):
+            return  # one host sync for all parameters
         term = next((k for k in bad if k not in ("loss", "validation_loss")), bad[0] if bad else "parameters")
         _restore(self.module, self.optimizer, last_good)
         raise NonFiniteLossError(term, epoch, row.get(term, float("nan"))) from cause
