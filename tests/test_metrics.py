@@ -18,6 +18,7 @@ from fcrkit.metrics import (
     MCCResult,
     additive_baseline,
     block_cluster_scores,
+    block_mcc,
     block_r2,
     cluster_labels,
     cluster_scores,
@@ -423,3 +424,15 @@ def test_hsic_torch_matches_numpy_and_has_a_gradient():
                           torch.tensor(hsic(x_np[:, 0], y_np[:, 0]).statistic, dtype=torch.float64))
     value.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_block_mcc_scores_each_true_block_from_one_square_match():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(500, 2)), rng.normal(size=(500, 1))
+    learned = np.hstack([b * 3.0, -a[:, [1]], a[:, [0]]])  # permuted, flipped, scaled
+    scores = block_mcc({"a": a, "b": b}, learned)
+    assert scores == pytest.approx({"a": 1.0, "b": 1.0, "all": 1.0}, abs=1e-9)
+    noisy = np.hstack([rng.normal(size=(500, 1)), -a[:, [1]], a[:, [0]]])
+    scores = block_mcc({"a": a, "b": b}, noisy)
+    assert scores["a"] == pytest.approx(1.0, abs=1e-9) and scores["b"] < 0.2
+    assert scores["all"] == pytest.approx((2 * scores["a"] + scores["b"]) / 3)

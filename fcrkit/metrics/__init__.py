@@ -1,6 +1,6 @@
 """Evaluation metrics (see ../shared/reference/METRICS.md for the conventions).
 
-* identifiability: :func:`mcc`, :func:`mcc_both`, :func:`block_r2`, :func:`linear_r2`
+* identifiability: :func:`mcc`, :func:`mcc_both`, :func:`block_mcc`, :func:`block_r2`, :func:`linear_r2`
 * clustering by block: :func:`cluster_labels`, :func:`cluster_scores`, :func:`block_cluster_scores`
 * response prediction: :func:`mean_log_expression`, :func:`rank_genes`, :func:`prediction_scores`,
   :func:`additive_baseline`
@@ -12,7 +12,7 @@
 from fcrkit.metrics._validation import OptionalDependencyError
 from fcrkit.metrics.baselines import log_normalize, pca_embedding
 from fcrkit.metrics.clustering import block_cluster_scores, cluster_labels, cluster_scores
-from fcrkit.metrics.identifiability import MCCResult, block_r2, linear_r2, mcc, mcc_both
+from fcrkit.metrics.identifiability import MCCResult, block_mcc, block_r2, linear_r2, mcc, mcc_both
 from fcrkit.metrics.independence import HSICResult, hsic, hsic_torch
 from fcrkit.metrics.neighbors import knn_accuracy
 from fcrkit.metrics.prediction import additive_baseline, mean_log_expression, prediction_scores, rank_genes
@@ -23,6 +23,7 @@ __all__ = [
     "OptionalDependencyError",
     "additive_baseline",
     "block_cluster_scores",
+    "block_mcc",
     "block_r2",
     "cluster_labels",
     "cluster_scores",

@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -245,6 +246,27 @@ class Model:
         model.history = History(values={k: list(v) for k, v in meta.get("history", {}).items()})
         model.is_trained = bool(meta.get("is_trained", False))
         return model
+
+
+class Recipe(Model):
+    """A model whose spec is written by ``build_spec``; the recipe takes that function's arguments.
+
+    A subclass sets ``build_spec = staticmethod(my_spec_function)`` and documents the arguments; its
+    signature (shown by ``help`` and IDEs) becomes ``(adata, <build_spec's arguments>, *, seed=None)``.
+    """
+
+    build_spec: ClassVar[Callable[..., ModelSpec]]
+
+    def __init__(self, adata: AnnData, *args: Any, seed: int | None = None, **kwargs: Any):
+        super().__init__(adata, self.build_spec(*args, **kwargs), seed=seed)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kinds = inspect.Parameter
+        adata = kinds("adata", kinds.POSITIONAL_OR_KEYWORD, annotation=AnnData)
+        seed = kinds("seed", kinds.KEYWORD_ONLY, default=None, annotation=int | None)
+        arguments = inspect.signature(cls.build_spec).parameters.values()
+        cls.__signature__ = inspect.Signature([adata, *arguments, seed])
 
 
 def check_genes(expected: list[str], adata: AnnData) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from anndata import AnnData
-
-from fcrkit.models.base import Model
+from fcrkit.models.base import Recipe
 from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec
 
 
@@ -21,7 +19,7 @@ def betavae_spec(n_latent: int = 10, beta: float = 4.0, likelihood: str = "nb", 
     )
 
 
-class BetaVAE(Model):
+class BetaVAE(Recipe):
     """β-VAE: ``q(z | y)``, prior N(0, I), ELBO with the KL weighted by β.
 
     Args:
@@ -33,6 +31,4 @@ class BetaVAE(Model):
     The latent goes to ``obsm["X_betavae"]``.
     """
 
-    def __init__(self, adata: AnnData, n_latent: int = 10, beta: float = 4.0, likelihood: str = "nb",
-                 n_hidden: int = 128, n_layers: int = 2, kl_warmup_epochs: float = 10, *, seed: int | None = None):
-        super().__init__(adata, betavae_spec(n_latent, beta, likelihood, n_hidden, n_layers, kl_warmup_epochs), seed=seed)
+    build_spec = staticmethod(betavae_spec)

@@ -19,10 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from anndata import AnnData
-
 from fcrkit.errors import ConfigError, did_you_mean, listing
-from fcrkit.models.base import Model
+from fcrkit.models.base import Recipe
 from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec
 
 #: Weight of each FCR regulariser (a weight of 0 leaves the term out). The ELBO is summed over genes
@@ -42,8 +40,8 @@ BLOCKS = ("x", "tx", "t")  # the decoder reads [z_x, z_tx, z_t]
 
 
 def fcr_spec(
-    n_latent: Mapping[str, int] | int = 10,
     likelihood: str = "nb",
+    n_latent: Mapping[str, int] | int = 10,
     weights: Mapping[str, float] | None = None,
     regularizers: Iterable[RegularizerSpec | Mapping[str, Any] | str] = (),
     *,
@@ -106,7 +104,7 @@ def fcr_spec(
                      joint_encoder=joint)
 
 
-class FCR(Model):
+class FCR(Recipe):
     """FCR: covariate, treatment and interaction blocks with conditional priors (see the module doc).
 
     Args:
@@ -136,15 +134,4 @@ class FCR(Model):
     and ``z_tx`` from their priors under the target condition.
     """
 
-    def __init__(
-        self,
-        adata: AnnData,
-        likelihood: str = "nb",
-        n_latent: Mapping[str, int] | int = 10,
-        weights: Mapping[str, float] | None = None,
-        regularizers: Iterable[RegularizerSpec | Mapping[str, Any] | str] = (),
-        *,
-        seed: int | None = None,
-        **options: Any,
-    ):
-        super().__init__(adata, fcr_spec(n_latent, likelihood, weights, regularizers, **options), seed=seed)
+    build_spec = staticmethod(fcr_spec)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from anndata import AnnData
-
-from fcrkit.models.base import Model
+from fcrkit.models.base import Recipe
 from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec
 
 
@@ -29,7 +27,7 @@ def scvi_spec(
     )
 
 
-class SCVI(Model):
+class SCVI(Recipe):
     """scVI: a VAE of counts with a standard normal prior and an NB or ZINB likelihood.
 
     Encoder ``q(z | log1p y)``, decoder to gene fractions scaled by the cell's observed library
@@ -48,19 +46,4 @@ class SCVI(Model):
     The latent goes to ``obsm["X_scvi"]``.
     """
 
-    def __init__(
-        self,
-        adata: AnnData,
-        n_latent: int = 10,
-        n_hidden: int = 128,
-        n_layers: int = 1,
-        likelihood: str = "nb",
-        dropout_rate: float = 0.1,
-        kl_warmup_epochs: float = 20,
-        condition_on_covariates: bool = False,
-        *,
-        seed: int | None = None,
-    ):
-        spec = scvi_spec(n_latent, n_hidden, n_layers, likelihood, dropout_rate, kl_warmup_epochs,
-                         condition_on_covariates)
-        super().__init__(adata, spec, seed=seed)
+    build_spec = staticmethod(scvi_spec)
