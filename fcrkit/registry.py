@@ -24,7 +24,13 @@ import pluggy
 from torch import nn
 
 from fcrkit import hookspecs
-from fcrkit.errors import ConfigError, PluginError, UnknownComponentError, did_you_mean, listing
+from fcrkit.errors import (
+    ConfigError,
+    PluginError,
+    UnknownComponentError,
+    did_you_mean,
+    listing,
+)
 from fcrkit.protocols import CLASS_METHODS, FACTORY_ARGS, KINDS, instance_problems
 
 ENTRY_POINT_GROUP = "fcrkit"
@@ -32,6 +38,15 @@ DISABLE_ENV = "FCRKIT_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = tuple(
     f"fcrkit.components.{kind}s" for kind in ("encoder", "prior", "decoder", "likelihood", "regularizer")
 ) + ("fcrkit.components.structure",)
+
+
+def builtin_origin() -> str:
+    """The origin shown for fcrkit's own components: ``"fcrkit <version> (built-in)"``."""
+    from fcrkit import (
+        __version__,  # read at call time: this module is imported while fcrkit initialises
+    )
+
+    return f"fcrkit {__version__} (built-in)"
 
 
 class PluginLoadWarning(UserWarning):
@@ -47,7 +62,7 @@ class ComponentRecord:
     plugin: str
     summary: str
     factory: Callable[..., Any]
-    origin: str = "fcrkit (built-in)"  # the distribution and version that provided the plugin
+    origin: str = ""  # the distribution and version that provided the plugin
 
 
 @dataclass(frozen=True)
@@ -235,7 +250,7 @@ class _Plugins:
         self.third_party: set[str] = set()  # plugins from entry points: their errors are recorded, not raised
         self._registry: Registry | None = None
         for module_name in BUILTIN_PLUGINS:
-            self.add(importlib.import_module(module_name), module_name, "fcrkit (built-in)")
+            self.add(importlib.import_module(module_name), module_name, builtin_origin())
         if os.environ.get(DISABLE_ENV, "").strip().lower() not in ("1", "true", "yes", "on"):
             self._load_entry_points()
 
@@ -369,6 +384,30 @@ def plugin(obj: object, name: str | None = None) -> Iterator[Registry]:
         yield registry
     finally:
         unregister_plugin(plugin_name)
+
+
+@contextmanager
+def isolated(*, entry_points: bool = False) -> Iterator[Registry]:
+    """A fresh registry for the duration of a ``with`` block; the previous one comes back after.
+
+    It holds the built-ins, plus the installed entry-point plugins if ``entry_points`` is true, and
+    whatever is registered inside the block (which is forgotten at its end). Tests use it so that a
+    plugin registered by one test never leaks into another.
+    """
+    global _plugins
+    saved, before = _plugins, os.environ.get(DISABLE_ENV)
+    os.environ[DISABLE_ENV] = "0" if entry_points else "1"
+    try:
+        _plugins = _Plugins()
+    finally:
+        if before is None:
+            os.environ.pop(DISABLE_ENV)
+        else:
+            os.environ[DISABLE_ENV] = before
+    try:
+        yield _plugins.registry
+    finally:
+        _plugins = saved
 
 
 def list_components(kind: str | None = None) -> list[ComponentRecord]:

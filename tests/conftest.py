@@ -9,6 +9,7 @@ import anndata as ad
 import pytest
 
 import fcrkit
+from fcrkit.testing.pytest_plugin import fcrkit_plugin, fcrkit_registry  # noqa: F401  (the plugin-author fixtures)
 
 # tests never pick up third-party plugins installed in the environment unless they ask for them
 os.environ.setdefault("FCRKIT_DISABLE_PLUGINS", "1")

@@ -50,7 +50,7 @@ def test_components_table(capsys):
     assert BUILTIN_ROWS <= found
     for row in rows:
         if (row["kind"], row["name"], row["plugin"]) in BUILTIN_ROWS:
-            assert row["from"] == "fcrkit (built-in)"
+            assert row["from"] == f"fcrkit {fcrkit.__version__} (built-in)"
             assert row["summary"]
     nb = next(r for r in rows if (r["kind"], r["name"]) == ("likelihood", "nb"))
     assert nb["summary"].startswith("Negative binomial counts")

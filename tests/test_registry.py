@@ -39,7 +39,7 @@ def assert_builtins(registry: Registry) -> None:
     for (kind, name), module in BUILTINS.items():
         record = registry.get(kind, name)
         assert record.plugin == module, (kind, name, record.plugin)
-        assert record.origin == "fcrkit (built-in)"
+        assert record.origin == f"fcrkit {fcrkit.__version__} (built-in)"
 
 
 def make_plugin(module_name: str, register: Callable[[Any], None]) -> types.ModuleType:
@@ -100,7 +100,7 @@ def test_builtins_are_listed_with_plugin_origin_and_summary():
         record = by_key[(kind, name)]
         assert record.kind == kind and record.name == name
         assert record.plugin == module
-        assert record.origin == "fcrkit (built-in)"
+        assert record.origin == f"fcrkit {fcrkit.__version__} (built-in)"
         assert isinstance(record.summary, str) and record.summary.strip()
         assert "\n" not in record.summary  # the first line of the docstring
         assert callable(record.factory)
@@ -234,7 +234,7 @@ CONTRACT_ERRORS = {
     "duplicate": (
         make_plugin("dup", lambda r: r.likelihood("nb", NegativeBinomial)),
         ["plugin 'bad_plugin' (registered for a test) registered likelihood 'nb'",
-         "plugin 'fcrkit.components.likelihoods' (fcrkit (built-in)) already registered that name"],
+         f"plugin 'fcrkit.components.likelihoods' (fcrkit {fcrkit.__version__} (built-in)) already registered that name"],
     ),
     "not_callable": (
         make_plugin("nc", lambda r: r.likelihood("answer", 42)),
