@@ -24,13 +24,7 @@ import pluggy
 from torch import nn
 
 from fcrkit import hookspecs
-from fcrkit.errors import (
-    ConfigError,
-    PluginError,
-    UnknownComponentError,
-    did_you_mean,
-    listing,
-)
+from fcrkit.errors import ConfigError, PluginError, UnknownComponentError, did_you_mean, listing
 from fcrkit.protocols import CLASS_METHODS, FACTORY_ARGS, KINDS, instance_problems
 
 ENTRY_POINT_GROUP = "fcrkit"
@@ -42,9 +36,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = tuple(
 
 def builtin_origin() -> str:
     """The origin shown for fcrkit's own components: ``"fcrkit <version> (built-in)"``."""
-    from fcrkit import (
-        __version__,  # read at call time: this module is imported while fcrkit initialises
-    )
+    # imported at call time: this module is itself imported while fcrkit initialises
+    from fcrkit import __version__
 
     return f"fcrkit {__version__} (built-in)"
 
