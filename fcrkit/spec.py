@@ -62,6 +62,16 @@ def _require(data: Mapping[str, Any], key: str, where: str) -> Any:
     return data[key]
 
 
+def check_latent_size(value: Any, argument: str) -> int:
+    """``value`` if it is a positive int, else a ConfigError naming ``argument`` (e.g. ``"n_latent"``).
+
+    Recipes call this so the message names their argument rather than the block it becomes.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{argument}={value!r} must be a positive integer (the size of a latent block).")
+    return value
+
+
 def _name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: name must be a non-empty string, got {value!r}.")
@@ -303,7 +313,7 @@ class ModelSpec:
         try:
             return cls.from_dict(data)
         except ConfigError as err:
-            raise ConfigError(f"{path}{_line_of(text, str(err))}: {err}") from None
+            raise ConfigError(f"{path}{line_of(text, str(err))}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -318,12 +328,14 @@ class ModelSpec:
         }
 
 
-def _line_of(text: str, message: str) -> str:
-    """``":LINE"`` of the unknown key a message names, when it can be found in the TOML text."""
-    match = re.search(r"unknown key '([^']+)'", message)
+def line_of(text: str, message: str) -> str:
+    """``":LINE"`` of the unknown key (or component option) a message names, when found in the TOML text."""
+    match = re.search(r"(?:unknown key|unexpected keyword argument) '([^']+)'", message)
     if not match:
         return ""
+    # the key starts a line, or sits in an inline table: encoder = { name = "mlp", n_hiden = 8 }
+    key = re.compile(rf"(?:^|[{{,])\s*{re.escape(match.group(1))}\s*=")
     for number, line in enumerate(text.splitlines(), start=1):
-        if re.match(rf"\s*{re.escape(match.group(1))}\s*=", line):
+        if key.search(line):
             return f":{number}"
     return ""

@@ -49,14 +49,37 @@ class ControlPairing:
         label = " / ".join(keys)
         return cls(codes, is_control, [f"{label}={name!r}" for name in names])
 
+    def check_controls(self, mode: str) -> None:
+        """Refuse data in which some covariate combination has no control cell to pair with.
+
+        Called when a model is built, so the problem shows before any training; ``mode`` is the
+        spec's ``control_pairing``, for the message.
+        """
+        missing = self._missing_controls(np.ones(len(self.groups), dtype=bool))
+        if not missing.size:
+            return
+        if not self.is_control.any():
+            raise DataError(f"control_pairing={mode!r} pairs each cell with a control cell, but no cell is a "
+                            "control (all have a treatment); add control cells.")
+        names = ", ".join(self.group_names[g] for g in missing[:5]) + (" ..." if missing.size > 5 else "")
+        raise DataError(
+            f"control_pairing={mode!r} pairs each cell with a control of its covariates, but {missing.size} "
+            f"covariate combination(s) have no control cell: {names}. Add controls for them, drop those "
+            "cells, or pair across covariates with control_pairing='any'."
+        )
+
+    def _missing_controls(self, allowed: np.ndarray) -> np.ndarray:
+        """Group codes among the ``allowed`` cells that have no allowed control cell."""
+        needed = np.unique(self.groups[allowed])
+        have = np.unique(self.groups[allowed & self.is_control])
+        return np.setdiff1d(needed, have)
+
     def sampler(self, cells: Tensor, device: torch.device) -> PairSampler:
         """A sampler pairing any cell with a control among ``cells`` (e.g. the training split)."""
         allowed = np.zeros(len(self.groups), dtype=bool)
         allowed[cells.cpu().numpy()] = True
         pool = np.flatnonzero(allowed & self.is_control)
-        needed = np.unique(self.groups[allowed])
-        have = np.unique(self.groups[pool])
-        missing = np.setdiff1d(needed, have)
+        missing = self._missing_controls(allowed)
         if missing.size:
             names = ", ".join(self.group_names[g] for g in missing[:5])
             raise DataError(

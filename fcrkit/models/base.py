@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -20,13 +22,26 @@ import torch
 from anndata import AnnData
 
 import fcrkit
-from fcrkit.data.anndata import AnnDataSetup, check_values, get_matrix, get_setup
+from fcrkit.data.anndata import (
+    AnnDataSetup,
+    check_values,
+    get_matrix,
+    get_setup,
+    parse_dose,
+    split_treatment,
+)
 from fcrkit.data.loaders import CellData
 from fcrkit.data.pairing import ControlPairing
-from fcrkit.errors import ConfigError, DataError, listing
+from fcrkit.errors import (
+    ConfigError,
+    DataError,
+    UnknownComponentError,
+    did_you_mean,
+    listing,
+)
 from fcrkit.model import GenerativeModel
-from fcrkit.registry import get_registry
-from fcrkit.spec import ModelSpec
+from fcrkit.registry import DISABLE_ENV, get_registry
+from fcrkit.spec import ModelSpec, line_of
 from fcrkit.train.trainer import History, Trainer, TrainingPlan, resolve_device
 
 FORMAT = "fcrkit-model"
@@ -47,13 +62,14 @@ class Model:
 
     def __init__(self, adata: AnnData, spec: ModelSpec | Mapping[str, Any], *, seed: int | None = None):
         spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
+        _check_adata(adata)
         self._bind(adata, spec, get_setup(adata), seed)
+        if spec.control_pairing != "none":  # depends on the data only: say so now, not after an epoch
+            ControlPairing.from_anndata(adata, self.setup, spec.control_pairing).check_controls(spec.control_pairing)
 
     def _bind(self, adata: AnnData, spec: ModelSpec, setup: AnnDataSetup, seed: int | None) -> None:
-        if not isinstance(adata, AnnData):
-            raise DataError(f"expected an AnnData, got {type(adata).__name__}.")
-        if adata.n_obs == 0 or adata.n_vars == 0:
-            raise DataError(f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+        _check_adata(adata)
+        _check_treated_cells(spec, setup)
         self.adata, self.spec, self.setup = adata, spec, setup
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -80,19 +96,44 @@ class Model:
         lr: float = 1e-3,
         accelerator: str = "auto",
         seed: int | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
+        resume: bool = False,
         **settings: Any,
     ) -> History:
         """Fit the model by SVI; returns (and keeps in ``self.history``) the per-epoch losses.
 
+        Args:
+            max_epochs: epochs to train (with ``resume``, in total, counting the checkpoint's).
+            batch_size, lr: minibatch size and Adam learning rate.
+            accelerator: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            seed: seed of the training run (split, minibatches, Monte Carlo samples); the same seed
+                gives the same result on the same device. None: a random one.
+            checkpoint_dir: directory to keep ``checkpoint.pt`` in: the whole training state
+                (weights, optimisers, history, early stopping, random streams), replaced atomically
+                so a crash leaves a complete checkpoint. None: no checkpoints.
+            checkpoint_every: write the checkpoint after every this many epochs (and at the end).
+            resume: continue from the checkpoint in ``checkpoint_dir`` (to exactly the result of an
+                uninterrupted run on CPU); it must come from this model, data and plan (else a
+                ConfigError says what differs). Without a checkpoint there, training starts afresh,
+                so ``resume=True`` is safe on a first run too. With ``resume=False`` an existing
+                checkpoint is overwritten.
+
         Further settings (``weight_decay``, ``elbo``, ``validation_fraction``, ``early_stopping``,
         ``patience``, ``min_delta``, ``progress_bar``, ``drop_last``) are those of
         :class:`~fcrkit.train.TrainingPlan`.
+
+        Ctrl-C stops training cleanly: the model keeps the state after the last finished epoch
+        (checkpointed when ``checkpoint_dir`` is set), ``history.interrupted`` is True and a
+        warning says how to resume.
         """
         unknown = [k for k in settings if k not in TrainingPlan.__dataclass_fields__]
         if unknown:
             raise ConfigError(f"train() got unknown setting(s) {listing(unknown)}; "
                               f"settings are {listing(TrainingPlan.__dataclass_fields__)}.")
-        plan = TrainingPlan(max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed, **settings)
+        plan = TrainingPlan(max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed,
+                            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+                            **settings)
         device = resolve_device(accelerator)
         self.module.to(device)
         data = CellData.from_anndata(self.adata, self.setup, device=device)
@@ -100,7 +141,8 @@ class Model:
         if self.spec.control_pairing != "none":
             pairing = ControlPairing.from_anndata(self.adata, self.setup, self.spec.control_pairing)
         self.history = Trainer(self.module, data, plan, pairing).fit()
-        self.is_trained = True
+        # an interrupt before the first epoch ended leaves the weights as they were
+        self.is_trained = self.is_trained or len(self.history) > 0
         return self.history
 
     # -- inference ----------------------------------------------------------------------------------------
@@ -155,6 +197,7 @@ class Model:
         if not swapped:
             raise ConfigError(f"no block of model {self.spec.name!r} has a prior that depends on the treatment, "
                               "so it cannot predict one (FCR, iVAE-style or sVAE specs can).")
+        self._check_target(treatment, dose)
         data = self._cell_data(adata)
         target_obs = adata.obs.copy()
         target_obs[self.setup.treatment_key] = str(treatment)
@@ -181,8 +224,40 @@ class Model:
                                            "redrawn_blocks": swapped, "from_prior": from_prior}
         return result
 
+    def _check_target(self, treatment: Any, dose: Any) -> None:
+        """Refuse a predict() target the model cannot encode: an unknown treatment or a dose that is not one.
+
+        Checked before any cell is encoded, so the message names the argument, not an obs column.
+        """
+        setup = self.setup
+        if not isinstance(treatment, str):
+            raise ConfigError(f"predict(): treatment={treatment!r} must be a treatment label, a str "
+                              "('A+B' for a combination).")
+        parts = split_treatment(treatment, setup.treatment_key)
+        known = set(setup.treatments) | {setup.control_value}
+        unknown = [p for p in parts if p not in known]
+        if unknown:
+            raise DataError(
+                f"predict(): {listing(unknown)} in treatment={treatment!r} is not a treatment the model was set up "
+                f"with (known treatments: {listing(setup.treatments)}; control: {setup.control_value!r})."
+                f"{did_you_mean(unknown[0], known)}"
+            )
+        if isinstance(dose, bool) or not isinstance(dose, (int, float, np.integer, np.floating, str)):
+            raise ConfigError(f"predict(): dose={dose!r} ({type(dose).__name__}) must be a number, or one number "
+                              "per part of a combination joined by '+' (e.g. '1.0+0.5').")
+        try:
+            doses = parse_dose(dose, len(parts), label=treatment, column=setup.dose_key, cell="(predicted)")
+        except DataError:
+            raise ConfigError(f"predict(): dose={dose!r} is not a dose of treatment {treatment!r}: give a finite "
+                              "non-negative number, or one per part of a combination joined by '+' "
+                              "(e.g. '1.0+0.5').") from None
+        if setup.dose_key is None and any(d != 1.0 for d in doses):
+            raise ConfigError(f"predict(): dose={dose!r}, but the model was set up without a dose_key, so every "
+                              "dose is 1. Leave dose at 1, or set the data up with dose_key= to model doses.")
+
     def _cell_data(self, adata: AnnData | None) -> CellData:
         adata = self.adata if adata is None else adata
+        _check_adata(adata)
         check_genes(self.var_names, adata)
         device = next(self.module.parameters()).device
         return CellData.from_anndata(adata, self.setup, device=device)
@@ -208,9 +283,11 @@ class Model:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:  # write everything, then swap it in: a crash never leaves half a model
-            (staging / META_FILE).write_text(json.dumps(meta, indent=1))
             state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
             torch.save(state, staging / WEIGHTS_FILE)
+            # torch does not check the bytes it reads: a damaged tensor would load silently without this
+            meta["weights_sha256"] = _sha256(staging / WEIGHTS_FILE)
+            (staging / META_FILE).write_text(json.dumps(meta, indent=1))
             if path.exists():
                 shutil.rmtree(path)
             staging.rename(path)
@@ -220,28 +297,37 @@ class Model:
 
     @classmethod
     def load(cls: type[M], path: str | os.PathLike, adata: AnnData, *, accelerator: str = "cpu") -> M:
-        """Load a model saved with :meth:`save`, bound to ``adata`` (which must have the same genes)."""
+        """Load a model saved with :meth:`save`, bound to ``adata`` (which must have the same genes).
+
+        Raises:
+            ConfigError: ``path`` is not a saved model, model.json or model.pt is damaged, or its format
+                version is not the one this fcrkit reads.
+            UnknownComponentError: a component's plugin is not installed here (named with its plugin and
+                distribution).
+            DataError: ``adata``'s genes differ from the model's.
+        """
         path = Path(path)
-        meta_path = path / META_FILE
-        if not meta_path.is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise ConfigError(f"{str(path)!r} is not an fcrkit model directory (no {META_FILE} and {WEIGHTS_FILE}).")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{str(meta_path)!r} is corrupt: {err}.") from None
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise ConfigError(
-                f"{str(path)!r} has format {meta.get('format')!r} version {meta.get('format_version')!r}; this "
-                f"fcrkit {fcrkit.__version__} reads {FORMAT!r} version {FORMAT_VERSION}."
-            )
-        saved_class = meta["class"]
+        meta = _read_meta(path)
+        saved_class = str(meta["class"])
         if not saved_class.endswith(f".{cls.__qualname__}") and cls is not Model:
             raise ConfigError(f"{str(path)!r} holds a {saved_class}; load it with that class (or fcrkit.models.Model).")
+        _check_adata(adata)
         check_genes(meta["var_names"], adata)
+        try:
+            spec = ModelSpec.from_dict(meta["spec"])
+        except ConfigError as err:
+            raise ConfigError(f"{str(path / META_FILE)!r} holds an invalid spec: {err}") from None
+        _check_components_installed(path, spec, meta.get("components"))
         model = cls.__new__(cls)
-        Model._bind(model, adata, ModelSpec.from_dict(meta["spec"]), AnnDataSetup.from_dict(meta["setup"]), None)
-        state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        model.module.load_state_dict(state)
+        Model._bind(model, adata, spec, AnnDataSetup.from_dict(meta["setup"]), None)
+        state = _read_weights(path / WEIGHTS_FILE, meta.get("weights_sha256"))
+        try:
+            model.module.load_state_dict(state)
+        except RuntimeError as err:  # torch lists every missing/unexpected key: keep the first line
+            raise ConfigError(
+                f"{str(path / WEIGHTS_FILE)!r} does not fit the model described by {META_FILE} "
+                f"({str(err).splitlines()[0]}); the two files come from different saves: save the model again."
+            ) from None
         model.module.to(resolve_device(accelerator))
         model.history = History(values={k: list(v) for k, v in meta.get("history", {}).items()})
         model.is_trained = bool(meta.get("is_trained", False))
@@ -267,6 +353,118 @@ class Recipe(Model):
         seed = kinds("seed", kinds.KEYWORD_ONLY, default=None, annotation=int | None)
         arguments = inspect.signature(cls.build_spec).parameters.values()
         cls.__signature__ = inspect.Signature([adata, *arguments, seed])
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """The parsed ``model.json`` of a saved model directory, refusing anything :meth:`Model.save` did not write."""
+    if not path.is_dir():
+        raise ConfigError(f"{str(path)!r} is not an fcrkit model directory: it does not exist (or is a file). "
+                          "Pass the directory that Model.save wrote.")
+    missing = [name for name in (META_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
+    if missing:
+        raise ConfigError(f"{str(path)!r} is not an fcrkit model directory: it has no {' and no '.join(missing)}. "
+                          "Pass the directory that Model.save wrote.")
+    meta_path = path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{str(meta_path)!r} is corrupt ({err}); save the model again.") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{str(meta_path)!r} is corrupt: it holds a JSON {type(meta).__name__}, not a model "
+                          "description; save the model again.")
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(
+            f"{str(path)!r} has format {meta.get('format')!r} version {meta.get('format_version')!r} (written by "
+            f"fcrkit {meta.get('fcrkit_version', '?')}); this fcrkit {fcrkit.__version__} reads {FORMAT!r} version "
+            f"{FORMAT_VERSION}. Load it with the fcrkit that saved it."
+        )
+    lacking = [key for key in ("class", "spec", "setup", "var_names") if key not in meta]
+    if lacking:
+        raise ConfigError(f"{str(meta_path)!r} is corrupt: it lacks {listing(lacking)}; save the model again.")
+    if not isinstance(meta["setup"], Mapping) or "control_value" not in meta["setup"]:
+        raise ConfigError(f"{str(meta_path)!r} is corrupt: its 'setup' is not an fcrkit data setup; save the model again.")
+    return meta
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_weights(file: Path, sha256: Any = None) -> Mapping[str, torch.Tensor]:
+    """The state dict in ``model.pt``; a damaged file is a ConfigError, not a torch unpickling error.
+
+    ``sha256`` is the checksum recorded by :meth:`Model.save` (models saved before it was recorded have none).
+    """
+    if isinstance(sha256, str) and _sha256(file) != sha256:
+        raise ConfigError(f"{str(file)!r} is damaged or was replaced: its checksum differs from the one recorded "
+                          f"in {META_FILE} when the model was saved. Save the model again.")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        # torch raises any of these for a damaged file: zip reader, pickle, EOF and OS errors
+        reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]  # torch's can run for lines
+        raise ConfigError(f"{str(file)!r} cannot be read as model weights ({type(err).__name__}: {reason}); "
+                          "the file is damaged or truncated: save the model again.") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{str(file)!r} does not hold model weights (a dict of tensors); save the model again.")
+    return state
+
+
+def _check_components_installed(path: Path, spec: ModelSpec, origins: Any) -> None:
+    """Refuse to load a model whose components are not registered here, naming the plugin that provided each.
+
+    ``origins`` is the ``"components"`` entry of model.json: ``"kind:name" -> "plugin (origin)"``.
+    """
+    registry = get_registry()
+    origins = origins if isinstance(origins, Mapping) else {}
+    absent = []
+    for kind, comp, where in spec.components():
+        if comp.name in registry.names(kind):
+            continue
+        origin = origins.get(f"{kind}:{comp.name}")
+        source = f"from plugin {origin}" if origin else "from a plugin that model.json does not name"
+        absent.append(f"{kind} {comp.name!r} ({where}) {source}")
+    if absent:
+        switch = os.environ.get(DISABLE_ENV, "").strip().lower()
+        disabled = (f" Third-party plugins are switched off here by {DISABLE_ENV}={switch!r}."
+                    if switch in ("1", "true", "yes", "on") else "")
+        raise UnknownComponentError(
+            f"{str(path)!r} was saved with component(s) that are not installed here: {'; '.join(absent)}. "
+            "Install that plugin (the distribution named in parentheses) and load again; `fcrkit components` "
+            f"lists what is installed.{disabled}"
+        )
+
+
+def _check_adata(adata: Any, argument: str = "adata") -> None:
+    """Refuse anything but a non-empty AnnData before any of it is read."""
+    if not isinstance(adata, AnnData):
+        raise DataError(f"{argument} must be an AnnData, got a {type(adata).__name__}.")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise DataError(f"{argument} is empty ({adata.n_obs} cells x {adata.n_vars} genes); fcrkit needs at "
+                        "least one cell and one gene. Check the filtering that produced it.")
+
+
+def _check_treated_cells(spec: ModelSpec, setup: AnnDataSetup) -> None:
+    """Refuse a spec that uses the treatment when the treatment column holds nothing but controls.
+
+    Without treated cells the treatment vocabulary is empty and ``t`` has no width, so nothing that
+    conditions on it can be built (the component would otherwise ask for a treatment_key that was given).
+    """
+    if setup.treatment_key is None or setup.treatments:
+        return
+    users = [where for _, comp, where in spec.components() if "t" in comp.conditions]
+    if spec.control_pairing != "none":
+        users.append(f"control_pairing={spec.control_pairing!r}")
+    if users:
+        raise DataError(
+            f"treatment column {setup.treatment_key!r} holds only the control {setup.control_value!r}: no cell is "
+            f"treated, but model {spec.name!r} learns treatment effects ({', '.join(users[:3])} use the "
+            "treatment). It needs treated and control cells; check the treatment column and control_value."
+        )
 
 
 def check_genes(expected: list[str], adata: AnnData) -> None:
@@ -302,6 +500,11 @@ def component_origins(spec: ModelSpec) -> dict[str, str]:
 
 def compose(spec: ModelSpec | Mapping[str, Any] | str | os.PathLike, adata: AnnData, *, seed: int | None = None) -> Model:
     """A trainable model of ``adata`` from a spec (a ModelSpec, its dict, or a TOML path)."""
-    if isinstance(spec, (str, os.PathLike)):
-        spec = ModelSpec.from_toml(spec)
-    return Model(adata, spec, seed=seed)
+    if not isinstance(spec, (str, os.PathLike)):
+        return Model(adata, spec, seed=seed)
+    path = Path(spec)
+    spec = ModelSpec.from_toml(path)
+    try:
+        return Model(adata, spec, seed=seed)
+    except (ConfigError, UnknownComponentError) as err:  # e.g. an option no factory takes: say where it is written
+        raise type(err)(f"{path}{line_of(path.read_text(), str(err))}: {err}") from None

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from fcrkit.models.base import Recipe
-from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec
+from fcrkit.spec import (
+    BlockSpec,
+    ComponentSpec,
+    ModelSpec,
+    RegularizerSpec,
+    check_latent_size,
+)
 
 
 def betavae_spec(n_latent: int = 10, beta: float = 4.0, likelihood: str = "nb", n_hidden: int = 128,
                  n_layers: int = 2, kl_warmup_epochs: float = 10) -> ModelSpec:
     """One block with a standard normal prior, its KL weighted by ``beta``."""
+    check_latent_size(n_latent, "n_latent")
     mlp = {"n_hidden": n_hidden, "n_layers": n_layers}
     return ModelSpec(
         name="betavae",

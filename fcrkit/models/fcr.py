@@ -21,7 +21,13 @@ from typing import Any
 
 from fcrkit.errors import ConfigError, did_you_mean, listing
 from fcrkit.models.base import Recipe
-from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec
+from fcrkit.spec import (
+    BlockSpec,
+    ComponentSpec,
+    ModelSpec,
+    RegularizerSpec,
+    check_latent_size,
+)
 
 #: Weight of each FCR regulariser (a weight of 0 leaves the term out). The ELBO is summed over genes
 #: (the authors averaged it), so these are larger than the authors' (similarity 5, classifiers 5,
@@ -57,10 +63,14 @@ def fcr_spec(
     joint_encoder: bool = False,
 ) -> ModelSpec:
     """The FCR spec; see :class:`FCR` for the arguments."""
-    sizes = {b: n_latent for b in BLOCKS} if isinstance(n_latent, int) else dict(n_latent)
-    unknown = [k for k in sizes if k not in BLOCKS]
-    if unknown or set(sizes) != set(BLOCKS):
-        raise ConfigError(f"n_latent={dict(sizes)!r} must give sizes for exactly the blocks 'x', 't', 'tx'.")
+    if not isinstance(n_latent, Mapping):  # one size for every block
+        sizes = {b: check_latent_size(n_latent, "n_latent") for b in BLOCKS}
+    else:
+        sizes = dict(n_latent)
+        if set(sizes) != set(BLOCKS):
+            raise ConfigError(f"n_latent={sizes!r} must give sizes for exactly the blocks 'x', 't', 'tx'.")
+        for block, size in sizes.items():
+            check_latent_size(size, f"n_latent[{block!r}]")
     w = dict(DEFAULT_WEIGHTS)
     for key, value in (weights or {}).items():
         if key not in w:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from fcrkit.models.base import Recipe
-from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec
+from fcrkit.spec import (
+    BlockSpec,
+    ComponentSpec,
+    ModelSpec,
+    RegularizerSpec,
+    check_latent_size,
+)
 
 
 def scvi_spec(
@@ -16,6 +22,7 @@ def scvi_spec(
     condition_on_covariates: bool = False,
 ) -> ModelSpec:
     """The scVI spec: q(z | log1p y) -> N(0, I) prior -> MLP decoder -> NB/ZINB with the library size."""
+    check_latent_size(n_latent, "n_latent")
     conditions = ("x",) if condition_on_covariates else ()
     mlp = {"n_hidden": n_hidden, "n_layers": n_layers}
     return ModelSpec(
