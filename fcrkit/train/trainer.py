@@ -5,14 +5,22 @@ effects, adds ``weight * loss(ctx)`` for each regulariser with a loss, and steps
 optimiser over the model's parameters. Regularisers that own an adversary get their own optimiser
 and ``adversary_steps`` steps per model step on detached latents. Losses stay on the device and are
 read back once per epoch.
+
+With a ``checkpoint_dir`` the trainer's whole state (weights, optimisers, history, early stopping,
+random streams) is written atomically every ``checkpoint_every`` epochs (see
+:mod:`fcrkit.train.checkpoint`), and ``resume=True`` continues it to exactly the result of an
+uninterrupted run. Ctrl-C stops cleanly at the last finished epoch.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -28,6 +36,9 @@ from fcrkit.data.loaders import Batch, CellData
 from fcrkit.data.pairing import ControlPairing, PairSampler
 from fcrkit.errors import ConfigError, NonFiniteLossError, listing
 from fcrkit.model import GenerativeModel
+from fcrkit.train import checkpoint
+
+logger = logging.getLogger(__name__)
 
 ELBOS: dict[str, Callable[[], ELBO]] = {
     "trace_meanfield": TraceMeanField_ELBO,
@@ -73,9 +84,12 @@ class TrainingPlan:
     seed: int | None = None
     progress_bar: bool | None = None  # None: shown on a terminal only
     drop_last: bool = False
+    checkpoint_dir: str | os.PathLike | None = None
+    checkpoint_every: int = 1
+    resume: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("max_epochs", "batch_size", "patience"):
+        for key in ("max_epochs", "batch_size", "patience", "checkpoint_every"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key}={value!r} must be a positive integer.")
@@ -85,6 +99,14 @@ class TrainingPlan:
             raise ConfigError(f"validation_fraction={self.validation_fraction!r} must be in [0, 1).")
         if self.early_stopping and self.validation_fraction == 0:
             raise ConfigError("early_stopping=True needs validation cells: set validation_fraction > 0.")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+            raise ConfigError(f"checkpoint_dir={self.checkpoint_dir!r} must be a directory path (str or Path).")
+        if self.checkpoint_dir is not None and os.path.isfile(self.checkpoint_dir):
+            raise ConfigError(f"checkpoint_dir={str(self.checkpoint_dir)!r} is a file; give a directory.")
+        if not isinstance(self.resume, bool):
+            raise ConfigError(f"resume={self.resume!r} must be True or False.")
+        if self.resume and self.checkpoint_dir is None:
+            raise ConfigError("resume=True needs checkpoint_dir: the directory the run was checkpointed to.")
 
 
 @dataclass
@@ -93,11 +115,13 @@ class History:
 
     ``loss`` is the total objective, ``elbo`` the negative ELBO per cell (under the regularisers'
     effects), one entry per regulariser with a loss (unweighted), and ``validation_loss`` the
-    plain negative ELBO per validation cell.
+    plain negative ELBO per validation cell. ``interrupted`` is True when Ctrl-C stopped training
+    (the model then holds the state after the last finished epoch).
     """
 
     values: dict[str, list[float]] = field(default_factory=dict)
     stopped_early: bool = False
+    interrupted: bool = False
     best_epoch: int | None = None
     seconds: float = 0.0
     cells_per_second: float = 0.0
@@ -119,7 +143,7 @@ class History:
 def split_indices(n: int, validation_fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """A random train / validation split of ``range(n)``."""
     order = torch.randperm(n, generator=generator)
-    n_val = int(round(n * validation_fraction))
+    n_val = round(n * validation_fraction)
     if n - n_val < 1:
         raise ConfigError(f"only {n} cells: nothing left to train on with validation_fraction={validation_fraction}.")
     return order[n_val:].sort().values, order[:n_val].sort().values
@@ -195,14 +219,14 @@ class Trainer:
                 optimizer.step()
         return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
 
-    def _raise_if_not_finite(self, row: dict[str, float], epoch: int, last_good: tuple[dict, dict],
+    def _raise_if_not_finite(self, row: dict[str, float], epoch: int, last_good: dict,
                              cause: BaseException | None = None) -> None:
         """Restore the last good state and raise, naming the term, if a loss or a parameter is not finite."""
         bad = [k for k, v in row.items() if not math.isfinite(v)]
         if not bad and bool(torch.stack([torch.isfinite(p).all() for p in self.module.parameters()]).all()):
             return  # one host sync for all parameters
         term = next((k for k in bad if k not in ("loss", "validation_loss")), bad[0] if bad else "parameters")
-        _restore(self.module, self.optimizer, last_good)
+        self._load_state(last_good)
         raise NonFiniteLossError(term, epoch, row.get(term, float("nan"))) from cause
 
     def _adversary_epoch(self, epoch: int) -> bool:
@@ -219,58 +243,118 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------
     def fit(self) -> History:
+        """Run the plan; returns the History (checkpoints, resume and Ctrl-C: see the module doc)."""
         plan, module, data = self.plan, self.module, self.data
-        seed = plan.seed if plan.seed is not None else int(torch.randint(2**62, ()).item())
+        saved = checkpoint.load(plan.checkpoint_dir) if plan.resume else None
+        if plan.resume and saved is None:  # resume=True is safe on a first run too
+            logger.warning("no checkpoint in %r: training from the start.", str(plan.checkpoint_dir))
+        seed = plan.seed if plan.seed is not None else (  # resuming adopts the checkpoint's seed
+            saved["identity"]["seed"] if saved else int(torch.randint(2**32, ()).item()))
         pyro.set_rng_seed(seed)  # torch, numpy and random: Monte Carlo samples and dropout
-        generator = torch.Generator(device=data.device).manual_seed(seed)  # minibatch order
+        generator = torch.Generator(device=data.device).manual_seed(seed)  # minibatch order, control partners
         train_idx, val_idx = split_indices(data.n_obs, plan.validation_fraction, torch.Generator().manual_seed(seed))
         train_idx, val_idx = train_idx.to(data.device), val_idx.to(data.device)
         if self.pairing is not None:
             self.sampler = self.pairing.sampler(train_idx, data.device)
         n_train = len(train_idx)
         n_batches = max(1, n_train // plan.batch_size if plan.drop_last else math.ceil(n_train / plan.batch_size))
+        identity = checkpoint.identity(module, data.n_obs, plan, seed)
 
         history = History()
-        last_good = _snapshot(module, self.optimizer)
-        best, best_state, waited = math.inf, None, 0
+        stop: dict = {"best": math.inf, "waited": 0, "best_state": None}  # early stopping
+        last_good = self._state(_snapshot(module, self.optimizer), generator, history, stop)
+        if saved is not None:
+            checkpoint.check_identity(saved["identity"], identity, plan.checkpoint_dir)
+            last_good = saved["state"]
+            self._load_state(last_good, generator)
+            history, stop = _history(last_good), dict(last_good["stopping"])
+        first = len(history)
+        last = first if history.stopped_early else plan.max_epochs
         show = sys.stderr.isatty() if plan.progress_bar is None else plan.progress_bar
-        bar = tqdm(range(plan.max_epochs), disable=not show, desc="training", unit="epoch", leave=False)
-        start = time.perf_counter()
-        for epoch in bar:
-            module.train()
-            sums: dict[str, Tensor] = {}
-            try:
-                for step, batch in enumerate(data.iter_batches(train_idx, plan.batch_size, shuffle=True,
-                                                               generator=generator, drop_last=plan.drop_last)):
-                    for key, value in self._step(batch, n_train, epoch + step / n_batches, generator).items():
-                        sums[key] = sums[key] + value if key in sums else value
-            except (ValueError, RuntimeError) as err:
-                # a non-finite step poisons the parameters; the next step then fails inside Pyro or torch
-                bar.close()
-                self._raise_if_not_finite(_read_back(sums, n_batches), epoch, last_good, cause=err)
-                raise
-            module.eval()
-            row = _read_back(sums, n_batches)  # the one host sync of the epoch
-            if len(val_idx):
-                row["validation_loss"] = float(self.validation_loss(val_idx))
-            self._raise_if_not_finite(row, epoch, last_good)
-            history.add(row)
-            last_good = _snapshot(module, self.optimizer)
-            bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
-            if plan.early_stopping:
-                if row["validation_loss"] < best - plan.min_delta:
-                    best, best_state, waited, history.best_epoch = row["validation_loss"], last_good, 0, epoch
-                else:
-                    waited += 1
-                    if waited >= plan.patience:
-                        history.stopped_early = True
-                        break
+        bar = tqdm(range(first, last), initial=first, total=plan.max_epochs, disable=not show, desc="training",
+                   unit="epoch", leave=False)
+        start, seconds = time.perf_counter(), history.seconds
+        try:
+            for epoch in bar:
+                module.train()
+                sums: dict[str, Tensor] = {}
+                try:
+                    for step, batch in enumerate(data.iter_batches(train_idx, plan.batch_size, shuffle=True,
+                                                                   generator=generator, drop_last=plan.drop_last)):
+                        for key, value in self._step(batch, n_train, epoch + step / n_batches, generator).items():
+                            sums[key] = sums[key] + value if key in sums else value
+                except (ValueError, RuntimeError) as err:
+                    # a non-finite step poisons the parameters; the next step then fails inside Pyro or torch
+                    bar.close()
+                    self._raise_if_not_finite(_read_back(sums, n_batches), epoch, last_good, cause=err)
+                    raise
+                module.eval()
+                row = _read_back(sums, n_batches)  # the one host sync of the epoch
+                if len(val_idx):
+                    row["validation_loss"] = float(self.validation_loss(val_idx))
+                self._raise_if_not_finite(row, epoch, last_good)
+                history.add(row)
+                improved = plan.early_stopping and row["validation_loss"] < stop["best"] - plan.min_delta
+                if improved:
+                    stop["best"], stop["waited"], history.best_epoch = row["validation_loss"], 0, epoch
+                elif plan.early_stopping:
+                    stop["waited"] += 1
+                    history.stopped_early = stop["waited"] >= plan.patience
+                history.seconds = seconds + time.perf_counter() - start
+                weights = _snapshot(module, self.optimizer)
+                if improved:
+                    stop["best_state"] = weights
+                last_good = self._state(weights, generator, history, stop)
+                bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
+                if plan.checkpoint_dir is not None and ((epoch + 1) % plan.checkpoint_every == 0
+                                                        or epoch + 1 == plan.max_epochs or history.stopped_early):
+                    checkpoint.save(plan.checkpoint_dir, identity, last_good)
+                if history.stopped_early:
+                    break
+        except KeyboardInterrupt:
+            bar.close()
+            return self._interrupted(last_good, generator, identity, n_train)
         bar.close()
-        if best_state is not None:
-            _restore(module, self.optimizer, best_state)
-        history.seconds = time.perf_counter() - start
+        if stop["best_state"] is not None:
+            _restore(module, self.optimizer, stop["best_state"])
         history.cells_per_second = n_train * len(history) / max(history.seconds, 1e-9)
         return history
+
+    def _interrupted(self, last_good: dict, generator: torch.Generator, identity: dict, n_train: int) -> History:
+        """After Ctrl-C: go back to the end of the last finished epoch, checkpoint it, and warn."""
+        self._load_state(last_good, generator)
+        history = _history(last_good)
+        history.interrupted = True
+        history.cells_per_second = n_train * len(history) / max(history.seconds, 1e-9)
+        if self.plan.checkpoint_dir is not None:
+            checkpoint.save(self.plan.checkpoint_dir, identity, last_good)
+            how = f"resume with train(..., checkpoint_dir={str(self.plan.checkpoint_dir)!r}, resume=True)"
+        else:
+            how = "pass checkpoint_dir= (and resume=True) to be able to resume a run"
+        warnings.warn(f"training was interrupted during epoch {len(history) + 1}; the model holds the state "
+                      f"after epoch {len(history)}; {how}.", stacklevel=4)
+        return history
+
+    def _state(self, weights: tuple[dict, dict], generator: torch.Generator, history: History, stop: dict) -> dict:
+        """The loop's state at the end of an epoch: what a checkpoint holds (copied, so training can go on)."""
+        return {
+            "epoch": len(history),  # epochs finished
+            "module": weights[0],
+            "optimizer": weights[1],
+            "adversaries": {name: copy.deepcopy(opt.state_dict()) for name, opt in self.adversaries.items()},
+            "rng": checkpoint.rng_state(generator),
+            "history": {"values": {k: list(v) for k, v in history.values.items()}, "best_epoch": history.best_epoch,
+                        "stopped_early": history.stopped_early, "seconds": history.seconds},
+            "stopping": dict(stop),
+        }
+
+    def _load_state(self, state: dict, generator: torch.Generator | None = None) -> None:
+        """Put the weights and every optimiser back to ``state``; with ``generator``, the random streams too."""
+        _restore(self.module, self.optimizer, (state["module"], state["optimizer"]))
+        for name, optimizer in self.adversaries.items():
+            optimizer.load_state_dict(copy.deepcopy(state["adversaries"][name]))
+        if generator is not None:
+            checkpoint.set_rng_state(state["rng"], generator)
 
 
 def _owns_epoch(regularizer: object, epoch: int) -> bool:
@@ -293,7 +377,14 @@ def _snapshot(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tupl
 
 def _restore(module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: tuple[dict, dict]) -> None:
     module.load_state_dict(state[0])
-    optimizer.load_state_dict(state[1])
+    optimizer.load_state_dict(copy.deepcopy(state[1]))  # the optimiser would step the snapshot's tensors in place
+
+
+def _history(state: dict) -> History:
+    """The History saved in a loop state (see ``Trainer._state``)."""
+    saved = state["history"]
+    return History(values={k: list(v) for k, v in saved["values"].items()}, stopped_early=saved["stopped_early"],
+                   best_epoch=saved["best_epoch"], seconds=saved["seconds"])
 
 
 def train(module: GenerativeModel, data: CellData, plan: TrainingPlan | None = None, **settings: object) -> History:
