@@ -1,4 +1,6 @@
-"""The ``fcrkit`` command line: ``fcrkit components``, ``fcrkit demo``."""
+"""The ``fcrkit`` command line: ``components``, ``demo``, ``fit``, ``predict``, ``evaluate``.
+
+The commands are thin: the work is in :mod:`fcrkit.workflow` (and :mod:`fcrkit.demo`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from fcrkit.errors import FcrkitError
+from fcrkit.errors import ConfigError, FcrkitError
 from fcrkit.protocols import KINDS
 
 
@@ -54,6 +56,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from fcrkit.workflow import RunConfig, fit
+
+    config = RunConfig.from_toml(args.config, output_dir=args.output)  # validated before any data is read
+    what = f"recipe {config.recipe}" if config.recipe else f"spec {config.spec.name!r}"
+    held = "; held out: " + "; ".join(str(h) for h in config.hold_out) if config.hold_out else ""
+    print(f"fcrkit fit: {what} on {config.data_path}{held}")
+    result = fit(config, overwrite=True if args.overwrite else None)
+    history = result.model.history
+    final = ", ".join(f"{k} {v[-1]:.4g}" for k, v in history.values.items() if k in ("loss", "validation_loss") and v)
+    print(f"trained {len(history)} epochs on {result.n_train} cells x {result.adata.n_vars} genes "
+          f"({result.n_held_out} held out) in {result.seconds:.0f} s; final {final}")
+    print("wrote " + ", ".join(str(p) for p in result.files.values()))
+    print(f"next: fcrkit evaluate {result.output_dir} {config.data_path}")
+    return 0
+
+
+def _where(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--where {pair!r} is not KEY=VALUE (e.g. --where cell_type=B).")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _dose(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text  # "1.0+0.5": one dose per part of a combination
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fcrkit.workflow import predict
+
+    result = predict(args.model_dir, args.data, args.treatment, _dose(args.dose), args.output,
+                     where=_where(args.where), seed=args.seed)
+    print(f"predicted {result.n_obs} cells x {result.n_vars} genes under {args.treatment!r} "
+          f"(dose {args.dose}); wrote {args.output}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fcrkit.workflow import evaluate, format_metrics, resolve_run
+
+    output = args.output
+    if output is None:
+        model_dir, _ = resolve_run(args.model_dir)
+        output = model_dir.parent / "metrics.csv"
+    frame = evaluate(args.model_dir, args.data, output, seed=args.seed)
+    print(format_metrics(frame))
+    print(f"\nwrote {output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fcrkit", description="Composable generative models of perturbation data.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +129,47 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--accelerator", default="auto", help="auto, cpu or cuda")
     demo.add_argument("--output", default="fcrkit-demo", help="directory for the plots and the table")
     demo.set_defaults(run=cmd_demo)
+
+    fit = sub.add_parser(
+        "fit", help="train the model a TOML run config describes; writes the model and the latents",
+        description="Train the model a run config describes. The whole config is checked before any data is "
+                    "read. Writes OUTPUT/model (the model), latents.h5ad (every block's latent in obsm), "
+                    "history.csv, config.toml and run.json. Config sections: [data] (path, setup_anndata's "
+                    "arguments, n_top_genes, hold_out), [model] (recipe and its arguments, or spec), "
+                    "[train] (Model.train's arguments), [output] (dir, overwrite); see fcrkit.runconfig.")
+    fit.add_argument("config", help="the run config (.toml); relative paths in it are relative to its folder")
+    fit.add_argument("--output", help="output directory (overrides [output] dir)")
+    fit.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
+    fit.set_defaults(run=cmd_fit)
+
+    pred = sub.add_parser(
+        "predict", help="counterfactual expression of control cells under a treatment",
+        description="Load a trained model and predict the expression of cells under TREATMENT: by default the "
+                    "control cells, narrowed by --where (a --where on the treatment column replaces the control "
+                    "default). The output .h5ad has the same cells and genes, X on the data's scale (expected "
+                    "counts for count models).")
+    pred.add_argument("model_dir", help="the output directory of fcrkit fit (or its model/ folder)")
+    pred.add_argument("data", help=".h5ad with the model's genes (a superset is narrowed to them) and labels")
+    pred.add_argument("--treatment", required=True, help="the treatment to predict; combinations as A+B")
+    pred.add_argument("--dose", default="1.0", help="dose (a number, or one per part as 1.0+0.5); default 1")
+    pred.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                      help="only cells with obs[KEY] == VALUE (repeatable; all must hold)")
+    pred.add_argument("--output", required=True, help="the .h5ad file of predictions to write")
+    pred.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
+    pred.set_defaults(run=cmd_predict)
+
+    ev = sub.add_parser(
+        "evaluate", help="score a trained model: block clustering, true-latent recovery, prediction",
+        description="Score a trained model on DATA: per latent block, k-means NMI/ARI against the covariates and "
+                    "the treatment; MCC and block R² where the data hold true latents (obsm z_true, z_<block>); "
+                    "for models that predict, R² of the predicted mean expression of each treated condition "
+                    "(held-out ones marked) against the no-change baseline. Prints tables, writes a tidy CSV "
+                    "(metric, block, target, value, split).")
+    ev.add_argument("model_dir", help="the output directory of fcrkit fit (or its model/ folder)")
+    ev.add_argument("data", help=".h5ad with the model's genes and labels (held-out cells included)")
+    ev.add_argument("--output", help="metrics CSV to write (default: metrics.csv in the run directory)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of k-means and of the prediction draws")
+    ev.set_defaults(run=cmd_evaluate)
     return parser
 
 
