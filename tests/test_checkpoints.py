@@ -294,3 +294,10 @@ def test_two_fresh_processes_with_the_same_seeds_agree_exactly(tmp_path):
         assert first.files == second.files and first.files
         for key in first.files:
             assert np.array_equal(first[key], second[key]), f"{kind} latent {key} differs between processes"
+
+
+def test_training_without_a_seed_draws_one_and_learns(adata):
+    # the drawn seed also seeds numpy through pyro.set_rng_seed, which accepts only seeds below 2**32
+    model = small_scvi(adata)
+    history = model.train(max_epochs=3, batch_size=128, accelerator="cpu")
+    assert len(history) == 3 and history["loss"][-1] < history["loss"][0]
