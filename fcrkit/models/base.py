@@ -6,13 +6,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import os
-import pickle
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -21,7 +16,6 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-import fcrkit
 from fcrkit.data.anndata import (
     AnnDataSetup,
     check_values,
@@ -40,13 +34,10 @@ from fcrkit.errors import (
     listing,
 )
 from fcrkit.model import GenerativeModel
-from fcrkit.registry import DISABLE_ENV, get_registry
+from fcrkit.models import persistence
+from fcrkit.models.persistence import META_FILE, WEIGHTS_FILE
 from fcrkit.spec import ModelSpec, line_of
 from fcrkit.train.trainer import History, Trainer, TrainingPlan, resolve_device
-
-FORMAT = "fcrkit-model"
-FORMAT_VERSION = 1
-META_FILE, WEIGHTS_FILE = "model.json", "model.pt"
 
 M = TypeVar("M", bound="Model")
 
@@ -212,7 +203,8 @@ class Model:
             z = {name: loc for name, (loc, _) in self.module.encode(batch).items()}
             for name in swapped:
                 prior = self.module.prior_distribution(name, labels, len(batch.index))
-                z[name] = prior.mean if from_prior == "mean" else torch.normal(prior.mean, prior.stddev, generator=generator)
+                mean = from_prior == "mean"
+                z[name] = prior.mean if mean else torch.normal(prior.mean, prior.stddev, generator=generator)
             out.append(self.module.decode_mean(z, labels, batch.library).cpu().numpy())
         obs = adata.obs.copy()
         obs[self.setup.treatment_key] = str(treatment)
@@ -269,31 +261,16 @@ class Model:
         if path.exists() and any(path.iterdir()) and not overwrite:
             raise ConfigError(f"{str(path)!r} exists and is not empty; pass overwrite=True to replace it.")
         meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "fcrkit_version": fcrkit.__version__,
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "spec": self.spec.to_dict(),
             "setup": self.setup.to_dict(),
             "var_names": self.var_names,
-            "components": component_origins(self.spec),
+            "components": persistence.component_origins(self.spec),
             "history": self.history.values,
             "is_trained": self.is_trained,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:  # write everything, then swap it in: a crash never leaves half a model
-            state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-            torch.save(state, staging / WEIGHTS_FILE)
-            # torch does not check the bytes it reads: a damaged tensor would load silently without this
-            meta["weights_sha256"] = _sha256(staging / WEIGHTS_FILE)
-            (staging / META_FILE).write_text(json.dumps(meta, indent=1))
-            if path.exists():
-                shutil.rmtree(path)
-            staging.rename(path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return path
+        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        return persistence.write(path, meta, state)
 
     @classmethod
     def load(cls: type[M], path: str | os.PathLike, adata: AnnData, *, accelerator: str = "cpu") -> M:
@@ -307,7 +284,7 @@ class Model:
             DataError: ``adata``'s genes differ from the model's.
         """
         path = Path(path)
-        meta = _read_meta(path)
+        meta = persistence.read_meta(path)
         saved_class = str(meta["class"])
         if not saved_class.endswith(f".{cls.__qualname__}") and cls is not Model:
             raise ConfigError(f"{str(path)!r} holds a {saved_class}; load it with that class (or fcrkit.models.Model).")
@@ -317,10 +294,10 @@ class Model:
             spec = ModelSpec.from_dict(meta["spec"])
         except ConfigError as err:
             raise ConfigError(f"{str(path / META_FILE)!r} holds an invalid spec: {err}") from None
-        _check_components_installed(path, spec, meta.get("components"))
+        persistence.check_components_installed(path, spec, meta.get("components"))
         model = cls.__new__(cls)
         Model._bind(model, adata, spec, AnnDataSetup.from_dict(meta["setup"]), None)
-        state = _read_weights(path / WEIGHTS_FILE, meta.get("weights_sha256"))
+        state = persistence.read_weights(path / WEIGHTS_FILE, meta.get("weights_sha256"))
         try:
             model.module.load_state_dict(state)
         except RuntimeError as err:  # torch lists every missing/unexpected key: keep the first line
@@ -353,90 +330,6 @@ class Recipe(Model):
         seed = kinds("seed", kinds.KEYWORD_ONLY, default=None, annotation=int | None)
         arguments = inspect.signature(cls.build_spec).parameters.values()
         cls.__signature__ = inspect.Signature([adata, *arguments, seed])
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    """The parsed ``model.json`` of a saved model directory, refusing anything :meth:`Model.save` did not write."""
-    if not path.is_dir():
-        raise ConfigError(f"{str(path)!r} is not an fcrkit model directory: it does not exist (or is a file). "
-                          "Pass the directory that Model.save wrote.")
-    missing = [name for name in (META_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
-    if missing:
-        raise ConfigError(f"{str(path)!r} is not an fcrkit model directory: it has no {' and no '.join(missing)}. "
-                          "Pass the directory that Model.save wrote.")
-    meta_path = path / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{str(meta_path)!r} is corrupt ({err}); save the model again.") from None
-    if not isinstance(meta, dict):
-        raise ConfigError(f"{str(meta_path)!r} is corrupt: it holds a JSON {type(meta).__name__}, not a model "
-                          "description; save the model again.")
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(
-            f"{str(path)!r} has format {meta.get('format')!r} version {meta.get('format_version')!r} (written by "
-            f"fcrkit {meta.get('fcrkit_version', '?')}); this fcrkit {fcrkit.__version__} reads {FORMAT!r} version "
-            f"{FORMAT_VERSION}. Load it with the fcrkit that saved it."
-        )
-    lacking = [key for key in ("class", "spec", "setup", "var_names") if key not in meta]
-    if lacking:
-        raise ConfigError(f"{str(meta_path)!r} is corrupt: it lacks {listing(lacking)}; save the model again.")
-    if not isinstance(meta["setup"], Mapping) or "control_value" not in meta["setup"]:
-        raise ConfigError(f"{str(meta_path)!r} is corrupt: its 'setup' is not an fcrkit data setup; save the model again.")
-    return meta
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_weights(file: Path, sha256: Any = None) -> Mapping[str, torch.Tensor]:
-    """The state dict in ``model.pt``; a damaged file is a ConfigError, not a torch unpickling error.
-
-    ``sha256`` is the checksum recorded by :meth:`Model.save` (models saved before it was recorded have none).
-    """
-    if isinstance(sha256, str) and _sha256(file) != sha256:
-        raise ConfigError(f"{str(file)!r} is damaged or was replaced: its checksum differs from the one recorded "
-                          f"in {META_FILE} when the model was saved. Save the model again.")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        # torch raises any of these for a damaged file: zip reader, pickle, EOF and OS errors
-        reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:200]  # torch's can run for lines
-        raise ConfigError(f"{str(file)!r} cannot be read as model weights ({type(err).__name__}: {reason}); "
-                          "the file is damaged or truncated: save the model again.") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{str(file)!r} does not hold model weights (a dict of tensors); save the model again.")
-    return state
-
-
-def _check_components_installed(path: Path, spec: ModelSpec, origins: Any) -> None:
-    """Refuse to load a model whose components are not registered here, naming the plugin that provided each.
-
-    ``origins`` is the ``"components"`` entry of model.json: ``"kind:name" -> "plugin (origin)"``.
-    """
-    registry = get_registry()
-    origins = origins if isinstance(origins, Mapping) else {}
-    absent = []
-    for kind, comp, where in spec.components():
-        if comp.name in registry.names(kind):
-            continue
-        origin = origins.get(f"{kind}:{comp.name}")
-        source = f"from plugin {origin}" if origin else "from a plugin that model.json does not name"
-        absent.append(f"{kind} {comp.name!r} ({where}) {source}")
-    if absent:
-        switch = os.environ.get(DISABLE_ENV, "").strip().lower()
-        disabled = (f" Third-party plugins are switched off here by {DISABLE_ENV}={switch!r}."
-                    if switch in ("1", "true", "yes", "on") else "")
-        raise UnknownComponentError(
-            f"{str(path)!r} was saved with component(s) that are not installed here: {'; '.join(absent)}. "
-            "Install that plugin (the distribution named in parentheses) and load again; `fcrkit components` "
-            f"lists what is installed.{disabled}"
-        )
 
 
 def _check_adata(adata: Any, argument: str = "adata") -> None:
@@ -488,17 +381,8 @@ def check_genes(expected: list[str], adata: AnnData) -> None:
     raise DataError("the AnnData's genes differ from the model's: " + "; ".join(parts) + ".")
 
 
-def component_origins(spec: ModelSpec) -> dict[str, str]:
-    """``"kind:name" -> "plugin (origin)"`` for each component the spec uses (saved with a model)."""
-    registry = get_registry()
-    out = {}
-    for kind, comp, _ in spec.components():
-        record = registry.get(kind, comp.name)
-        out[f"{kind}:{comp.name}"] = f"{record.plugin} ({record.origin})"
-    return out
-
-
-def compose(spec: ModelSpec | Mapping[str, Any] | str | os.PathLike, adata: AnnData, *, seed: int | None = None) -> Model:
+def compose(spec: ModelSpec | Mapping[str, Any] | str | os.PathLike, adata: AnnData, *,
+            seed: int | None = None) -> Model:
     """A trainable model of ``adata`` from a spec (a ModelSpec, its dict, or a TOML path)."""
     if not isinstance(spec, (str, os.PathLike)):
         return Model(adata, spec, seed=seed)
