@@ -67,7 +67,8 @@ def run_demo(
     fcr = {b: latents["FCR"][f"X_fcr_{b}"] for b in BLOCKS}
     labels = {"covariate": adata.obs["covariate"].to_numpy(), "treatment": adata.obs["treatment"].to_numpy(),
               "condition": (adata.obs["covariate"].astype(str) + "|" + adata.obs["treatment"].astype(str)).to_numpy()}
-    result = DemoResult(table, block_r2(true, fcr, regressor="kernel", seed=seed), block_cluster_scores(fcr, labels, seed=seed))
+    result = DemoResult(table, block_r2(true, fcr, regressor="kernel", seed=seed),
+                        block_cluster_scores(fcr, labels, seed=seed))
     if output is not None:
         from fcrkit.plotting import plot_blocks, plot_histories
 

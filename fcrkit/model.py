@@ -127,7 +127,8 @@ class GenerativeModel(nn.Module):
         """Posterior ``(loc, scale)`` of each block for the cells of ``batch``."""
         y = self.inputs(batch.y)
         if "joint" not in self.encoders:
-            return {name: enc(y, self.labels_for(f"{name}.encoder", batch.labels)) for name, enc in self.encoders.items()}
+            return {name: enc(y, self.labels_for(f"{name}.encoder", batch.labels))
+                    for name, enc in self.encoders.items()}
         loc, scale = self.encoders["joint"](y, self.labels_for("joint.encoder", batch.labels))
         sizes = list(self.spec.block_dims.values())
         return {name: (l, s) for name, l, s in zip(self.spec.block_dims, loc.split(sizes, -1), scale.split(sizes, -1))}

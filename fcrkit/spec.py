@@ -72,6 +72,16 @@ def check_latent_size(value: Any, argument: str) -> int:
     return value
 
 
+def check_weight(value: Any, argument: str) -> float:
+    """``value`` as a float if it is a finite number >= 0, else a ConfigError naming ``argument``.
+
+    Recipes call this for the weights of their terms (``beta``, ``gamma`` ...).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{argument}={value!r} must be a finite number >= 0 (the weight of a term).")
+    return float(value)
+
+
 def _name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: name must be a non-empty string, got {value!r}.")
@@ -279,7 +289,8 @@ class ModelSpec:
                 out.append(("encoder", b.encoder, f"block {b.name!r} encoder"))
         if self.joint_encoder is not None:
             out.append(("encoder", self.joint_encoder, "joint encoder"))
-        out += [("regularizer", ComponentSpec(r.name, (), r.options), f"regularizer {r.key!r}") for r in self.regularizers]
+        out += [("regularizer", ComponentSpec(r.name, (), r.options), f"regularizer {r.key!r}")
+                for r in self.regularizers]
         return out
 
     # -- (de)serialisation ------------------------------------------------------------------------

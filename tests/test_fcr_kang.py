@@ -45,7 +45,7 @@ def test_fcr_predicts_a_held_out_cell_type_and_separates_its_blocks():
 
     latent = model.get_latent_representation()
     nmi = block_cluster_scores({b: latent[f"X_fcr_{b}"] for b in ("x", "t")},
-                               {"cell_type": train.obs["cell_type"].to_numpy(), "sample": train.obs["sample"].to_numpy()})
+                               {key: train.obs[key].to_numpy() for key in ("cell_type", "sample")})
     print(nmi.round(3))
     assert nmi.loc["x", "nmi_cell_type"] > nmi.loc["t", "nmi_cell_type"]
     assert nmi.loc["t", "nmi_sample"] > nmi.loc["x", "nmi_sample"]

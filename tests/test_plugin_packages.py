@@ -38,7 +38,8 @@ def plugin_env() -> dict[str, str]:
 
 
 def run(args: list[str], cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, check=False, cwd=cwd, env=plugin_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args, check=False, cwd=cwd, env=plugin_env(), capture_output=True, text=True,
+                            timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 

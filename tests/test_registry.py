@@ -234,7 +234,8 @@ CONTRACT_ERRORS = {
     "duplicate": (
         make_plugin("dup", lambda r: r.likelihood("nb", NegativeBinomial)),
         ["plugin 'bad_plugin' (registered for a test) registered likelihood 'nb'",
-         f"plugin 'fcrkit.components.likelihoods' (fcrkit {fcrkit.__version__} (built-in)) already registered that name"],
+         f"plugin 'fcrkit.components.likelihoods' (fcrkit {fcrkit.__version__} (built-in)) "
+         "already registered that name"],
     ),
     "not_callable": (
         make_plugin("nc", lambda r: r.likelihood("answer", 42)),

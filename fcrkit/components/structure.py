@@ -123,7 +123,8 @@ class PermutationDiscriminator(nn.Module):
         super().__init__()
         self.blocks = _check_blocks(info, blocks, "permutation_discriminator")
         if len(self.blocks) != 2:
-            raise ConfigError(f"regularizer 'permutation_discriminator': blocks={list(self.blocks)} must name two blocks.")
+            raise ConfigError(f"regularizer 'permutation_discriminator': blocks={list(self.blocks)} "
+                              "must name two blocks.")
         self.adversary = _head(sum(info.block_dims[b] for b in self.blocks), 1, n_hidden, n_layers)
         self.adversary_lr, self.adversary_steps = float(adversary_lr), int(adversary_steps)
         self.alternate_every, self.published_noop = int(alternate_every), bool(published_noop)
@@ -183,7 +184,8 @@ class ConditionKL:
     def loss(self, ctx: Context) -> Tensor:
         groups = condition_ids(ctx)
         n_groups = int(groups.max()) + 1
-        counts = torch.zeros(n_groups, device=groups.device).index_add_(0, groups, torch.ones_like(groups, dtype=torch.float32))
+        ones = torch.ones_like(groups, dtype=torch.float32)
+        counts = torch.zeros(n_groups, device=groups.device).index_add_(0, groups, ones)
 
         def average(values: Tensor) -> Tensor:
             total = torch.zeros(n_groups, values.shape[-1], device=values.device, dtype=values.dtype)

@@ -44,7 +44,8 @@ class ControlPairing:
         if mode == "any" or not setup.covariate_keys:
             return cls(np.zeros(adata.n_obs, dtype=np.int64), is_control, ["all cells"])
         keys = list(setup.covariate_keys)
-        combos = adata.obs[keys].astype(str).agg(" / ".join, axis=1) if len(keys) > 1 else adata.obs[keys[0]].astype(str)
+        obs = adata.obs[keys].astype(str)
+        combos = obs.agg(" / ".join, axis=1) if len(keys) > 1 else obs[keys[0]]
         codes, names = pd.factorize(combos)
         label = " / ".join(keys)
         return cls(codes, is_control, [f"{label}={name!r}" for name in names])

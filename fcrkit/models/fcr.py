@@ -77,7 +77,8 @@ def fcr_spec(
             raise ConfigError(f"FCR weights: unknown term {key!r}.{did_you_mean(key, w)} Terms: {listing(w)}.")
         w[key] = value
     if tx_prior not in ("concat", "product"):
-        raise ConfigError(f"tx_prior={tx_prior!r} is not 'concat' (the authors' run) or 'product' (the paper's k_t ⊙ k_x).")
+        raise ConfigError(f"tx_prior={tx_prior!r} is not 'concat' (the authors' run) or 'product' "
+                          "(the paper's k_t ⊙ k_x).")
 
     conditions = {"x": ("x",), "t": ("t",), "tx": ("x", "t")}
     encoder = {"n_hidden": n_hidden, "n_layers": n_layers}
@@ -94,7 +95,8 @@ def fcr_spec(
     terms = [
         RegularizerSpec("kl", w["kl"], kl_warmup_epochs),
         RegularizerSpec("label_classifier", w["treatment_classifier"], 0,
-                        {"blocks": ["t", "tx"] if classifier_reads_tx else ["t"], "label": "t"}, key="treatment_classifier"),
+                        {"blocks": ["t", "tx"] if classifier_reads_tx else ["t"], "label": "t"},
+                        key="treatment_classifier"),
         RegularizerSpec("label_classifier", w["covariate_classifier"], 0, {"blocks": ["x"], "label": "x"},
                         key="covariate_classifier"),
         RegularizerSpec("control_similarity", w["similarity"], key="similarity"),

@@ -187,7 +187,8 @@ def _check_prior(prior: Any, labels: dict, args: tuple, generator: torch.Generat
                         f"{tuple(dist.event_shape)}, expected ({N_CELLS},) and ({dim},) (use .to_event(1))")
         return problems
     z = dist.sample()
-    problems += _shape_problems("a sample", z, (N_CELLS, dim)) + _shape_problems("log_prob", dist.log_prob(z), (N_CELLS,))
+    problems += _shape_problems("a sample", z, (N_CELLS, dim))
+    problems += _shape_problems("log_prob", dist.log_prob(z), (N_CELLS,))
     if not problems and any(True for _ in prior.parameters()):
         problems += _gradient_problems("log_prob", dist.log_prob(z).sum(), {}, prior)
     return problems
@@ -260,7 +261,8 @@ def _module_for(info: ModelInfo) -> nn.Module:
     from fcrkit.model import GenerativeModel
     from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec
 
-    prior = ComponentSpec("conditional_gaussian", tuple(info.label_dims)) if info.label_dims else ComponentSpec("standard_normal")
+    conditioned = ComponentSpec("conditional_gaussian", tuple(info.label_dims))
+    prior = conditioned if info.label_dims else ComponentSpec("standard_normal")
     blocks = tuple(BlockSpec(b, d, prior=prior) for b, d in info.block_dims.items())
     spec = ModelSpec(name="conformance", blocks=blocks, likelihood=ComponentSpec("nb"))
     return GenerativeModel(spec, dict(info.label_dims), info.n_genes)

@@ -31,9 +31,10 @@ class NormalizedHSIC:
         if use not in ("z", "loc"):
             raise ConfigError(f"regularizer 'independence_nhsic': use={use!r} is not 'z' or 'loc'.")
         known = list(info.block_dims) + [f"label:{k}" for k in info.label_dims]
-        chosen = [list(p) for p in pairs] if pairs is not None else [list(p) for p in itertools.combinations(info.block_dims, 2)]
+        chosen = [list(p) for p in (pairs if pairs is not None else itertools.combinations(info.block_dims, 2))]
         if not chosen:
-            raise ConfigError("regularizer 'independence_nhsic': no pairs (the model has one block); give pairs=[[block, 'label:t']].")
+            raise ConfigError("regularizer 'independence_nhsic': no pairs (the model has one block); "
+                              "give pairs=[[block, 'label:t']].")
         for pair in chosen:
             if len(pair) != 2 or any(name not in known for name in pair):
                 raise ConfigError(f"regularizer 'independence_nhsic': pair {pair!r} must be two of {known}.")

@@ -61,7 +61,8 @@ def test_penalty_lowers_block_dependence_in_a_trained_fcr(fcrkit_plugin):
     adata = tiny_adata()
 
     def dependence(weight: float) -> float:
-        extra = [{"name": "independence_nhsic", "weight": weight, "pairs": [["x", "tx"]], "use": "loc"}] if weight else []
+        term = {"name": "independence_nhsic", "weight": weight, "pairs": [["x", "tx"]], "use": "loc"}
+        extra = [term] if weight else []
         model = fcrkit.models.FCR(adata, "nb", 3, regularizers=extra, seed=0)
         model.train(max_epochs=15, batch_size=128, seed=0, accelerator="cpu")
         z = model.get_latent_representation()
