@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,3 +68,23 @@ def _two_dims(z: np.ndarray) -> np.ndarray:
     from sklearn.decomposition import PCA
 
     return PCA(n_components=2).fit_transform(z)
+
+
+def plot_benchmark(table: Any, path: str | Path) -> Path:
+    """The benchmark table as a figure: one bar chart per score (rows: recipes; NaN bars left out)."""
+    plt = _pyplot()
+    columns = [c for c in ("mcc", *[c for c in table.columns if str(c).startswith("nmi_")], "r2_top50", "r2_all",
+                           "mse_top20", "train_s") if c in table.columns and np.isfinite(table[c]).any()]
+    n = max(len(columns), 1)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 0.35 * len(table) + 1.6), sharey=True, squeeze=False)
+    names = [str(i) for i in table.index][::-1]  # first recipe on top
+    table = table.iloc[::-1]
+    for ax, column in zip(axes[0], columns):
+        values = table[column].to_numpy(dtype=float)
+        ax.barh(names, np.nan_to_num(values), color=["#bbbbbb" if n == "no change" else "#4477aa" for n in names])
+        ax.set_title(column.replace("_", " "), fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -251,44 +251,45 @@ class _Parser:
             self.check_type(section, key, self.require(table, key, section), expected)
         return HoldOut(table["key"], str(table["value"]), str(table["treatment"]))
 
-    def model(self, table: dict[str, Any]) -> tuple[str | None, dict[str, Any], Any, int | None]:
+    def model(self, table: dict[str, Any],
+              section: str = "model") -> tuple[str | None, dict[str, Any], Any, int | None]:
         from fcrkit.spec import ModelSpec
 
         seed = table.pop("seed", None)
         if seed is not None:
-            self.check_type("model", "seed", seed, int)
+            self.check_type(section, "seed", seed, int)
         if "spec" in table:
             extra = [k for k in table if k != "spec"]
             if extra:
-                raise self.error("model", extra[0],
+                raise self.error(section, extra[0],
                                  f"key {extra[0]!r}: a [model] with a spec takes only 'spec' and 'seed'; put the "
                                  "model's options into the spec, or use recipe = ... instead of spec.")
             spec = self.spec(table["spec"], ModelSpec)
             return None, {}, spec, seed
         available = recipes()
-        name = self.require(table, "recipe", "model", f" Name a recipe ({listing(available)}) or give spec = "
+        name = self.require(table, "recipe", section, f" Name a recipe ({listing(available)}) or give spec = "
                             "\"spec.toml\" / a [model.spec] table.")
-        self.check_type("model", "recipe", name, str)
+        self.check_type(section, "recipe", name, str)
         by_lower = {n.lower(): n for n in available}
         if name not in available and name.lower() not in by_lower:
-            raise self.error("model", "recipe", f"recipe: unknown recipe {name!r}.{did_you_mean(name, available)} "
+            raise self.error(section, "recipe", f"recipe: unknown recipe {name!r}.{did_you_mean(name, available)} "
                              f"Available recipes: {listing(available)}.")
         name = name if name in available else by_lower[name.lower()]
         args = {k: v for k, v in table.items() if k != "recipe"}
         build = available[name].build_spec
         params = _parameters(build)
-        self.check_keys(args, [*params, "recipe", "seed"], "model", noun=f"keys (recipe, seed and {name}'s arguments)")
+        self.check_keys(args, [*params, "recipe", "seed"], section, noun=f"keys (recipe, seed and {name}'s arguments)")
         for key, value in args.items():
-            self.check_type("model", key, value, params[key].annotation)
+            self.check_type(section, key, value, params[key].annotation)
         missing = [p for p, info in params.items() if info.default is inspect.Parameter.empty and p not in args]
         if missing:
-            raise self.error("model", None, f"recipe {name} needs argument(s) {listing(missing)}.")
+            raise self.error(section, None, f"recipe {name} needs argument(s) {listing(missing)}.")
         try:
             spec = build(**args)
         except FcrkitError as err:
             named = next((k for k in args if re.search(rf"\b{re.escape(k)}\b", str(err))), None)
-            raise self.error("model", named, f"recipe {name}: {err}") from None
-        self.components(spec, "model", None)
+            raise self.error(section, named, f"recipe {name}: {err}") from None
+        self.components(spec, section, None)
         return name, args, spec, seed
 
     def spec(self, value: Any, spec_cls: type) -> Any:
