@@ -22,6 +22,7 @@ import torch
 from pyro.poutine import Trace
 from torch import Tensor, nn
 
+from fcrkit.components.nn import lognormalize
 from fcrkit.data.loaders import Batch
 from fcrkit.errors import ConfigError, listing
 from fcrkit.protocols import Context, Labels, ModelInfo
@@ -80,7 +81,8 @@ class GenerativeModel(nn.Module):
         )
         transform = spec.encoder_input
         if transform == "auto":
-            transform = "log1p" if self.likelihood.input_kind == "counts" else "identity"
+            transform = getattr(self.likelihood, "encoder_input", None) or (
+                "log1p" if self.likelihood.input_kind == "counts" else "identity")
         self.encoder_input = transform
 
     def _build(self, registry: Registry, kind: str, comp: ComponentSpec, key: str, *args: object) -> nn.Module:
@@ -101,6 +103,8 @@ class GenerativeModel(nn.Module):
 
     def inputs(self, y: Tensor) -> Tensor:
         """What the encoders see of the data."""
+        if self.encoder_input == "lognorm":
+            return lognormalize(y)
         return torch.log1p(y) if self.encoder_input == "log1p" else y
 
     # -- Pyro programs ------------------------------------------------------------------------------
@@ -151,4 +155,5 @@ class GenerativeModel(nn.Module):
             site = guide_trace.nodes[name]
             normal = site["fn"].base_dist if isinstance(site["fn"], dist.Independent) else site["fn"]
             z[name], loc[name], scale[name] = site["value"], normal.loc, normal.scale
-        return Context(z, loc, scale, batch.labels, batch.index, n_obs, epoch, progress, self, pairs)
+        return Context(z, loc, scale, batch.labels, batch.index, n_obs, epoch, progress, self, pairs,
+                       y=batch.y, library=batch.library)

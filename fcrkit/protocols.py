@@ -83,6 +83,8 @@ class Likelihood(Protocol):
         input_kind: ``"counts"`` (non-negative integers) or ``"real"`` values; fcrkit refuses data
             of the other kind before training.
         heads: names of the per-cell, per-gene decoder outputs it needs.
+        encoder_input: optional; what encoders see of the data when the spec says ``"auto"``
+            (``"log1p"``, ``"lognorm"`` or ``"identity"``; see :class:`fcrkit.spec.ModelSpec`).
     """
 
     input_kind: InputKind
@@ -120,6 +122,8 @@ class Context:
         module: the generic model, for regularisers that need to run its parts.
         pairs: with control pairing, the batch holds ``pairs`` cells followed by their ``pairs``
             paired controls (row ``i + pairs`` is the control of row ``i``); 0 without pairing.
+        y, library: the batch's observed values ``(B, n_genes)`` and library sizes ``(B, 1)`` (for
+            terms that compare generated with observed cells); None where no data are at hand.
     """
 
     z: dict[str, Tensor]
@@ -132,6 +136,8 @@ class Context:
     progress: float = 0.0
     module: nn.Module | None = field(default=None, repr=False)
     pairs: int = 0
+    y: Tensor | None = field(default=None, repr=False)
+    library: Tensor | None = field(default=None, repr=False)
 
     def detached(self) -> Context:
         """A copy whose latents carry no gradient (what adversaries train on)."""

@@ -31,7 +31,8 @@ ENTRY_POINT_GROUP = "fcrkit"
 DISABLE_ENV = "FCRKIT_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = tuple(
     f"fcrkit.components.{kind}s" for kind in ("encoder", "prior", "decoder", "likelihood", "regularizer")
-) + ("fcrkit.components.structure",)
+) + ("fcrkit.components.structure", "fcrkit.components.independence", "fcrkit.components.sparse_shift",
+     "fcrkit.components.cpa", "fcrkit.components.counterfactual")
 
 
 def builtin_origin() -> str:

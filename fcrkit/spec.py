@@ -42,7 +42,7 @@ else:  # pragma: no cover
 CONDITIONS: tuple[str, ...] = ("x", "t")
 #: Names a block may not take (they are other sites of the Pyro model).
 RESERVED_BLOCK_NAMES = frozenset({"y", "cells"})
-ENCODER_INPUTS = ("auto", "log1p", "identity")
+ENCODER_INPUTS = ("auto", "log1p", "lognorm", "identity")
 CONTROL_PAIRINGS = ("none", "covariates", "any")
 
 
@@ -226,8 +226,9 @@ class ModelSpec:
         blocks: the latent blocks, concatenated in this order as the decoder's input.
         decoder, likelihood: components.
         regularizers: extra terms and effects, each with its weight.
-        encoder_input: what encoders see: ``"log1p"`` of counts, the values (``"identity"``), or
-            ``"auto"`` (``log1p`` for count likelihoods, values otherwise).
+        encoder_input: what encoders see: ``"log1p"`` of counts, ``"lognorm"`` (``log1p`` of counts
+            normalised to 1e4 per cell), the values (``"identity"``), or ``"auto"`` (the likelihood's
+            ``encoder_input`` attribute if it has one, else ``log1p`` for count likelihoods, values otherwise).
         joint_encoder: one encoder for all blocks, whose output is split into them (then the
             blocks' own ``encoder`` entries are not used); None for one encoder per block.
         control_pairing: ``"none"``; ``"covariates"`` pairs each training cell with a random control

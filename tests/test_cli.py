@@ -62,7 +62,7 @@ def test_components_kind_filter(capsys):
     names, rows = parse_table(capsys.readouterr().out)
     assert names[:3] == ["kind", "name", "plugin"]
     assert {r["kind"] for r in rows} == {"likelihood"}
-    assert [r["name"] for r in rows] == ["gaussian", "nb", "poisson", "zinb"]
+    assert [r["name"] for r in rows] == ["gaussian", "lognorm_gaussian", "nb", "poisson", "zinb"]
 
 
 def test_components_unknown_kind_is_a_usage_error(capsys):

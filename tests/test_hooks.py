@@ -168,8 +168,13 @@ def test_conformance_check_names_the_problem(kind, factory, problem):
 
 @pytest.mark.parametrize("record", get_registry().records(), ids=lambda r: f"{r.kind}:{r.name}")
 def test_every_builtin_component_passes_the_conformance_check(record):
-    label_dims = {} if record.name == "standard_normal" else None
-    assert check_component(record.kind, record.name, label_dims=label_dims) is not None
+    settings = {  # components that need a particular model around them
+        "standard_normal": {"label_dims": {}},
+        "sparse_shift": {"label_dims": {"t": 3}},
+        "adversarial_classifier": {"block_dims": {"basal": 3}},
+        "mask_sparsity": {"prior": {"name": "sparse_shift", "conditions": ["t"]}},
+    }
+    assert check_component(record.kind, record.name, **settings.get(record.name, {})) is not None
 
 
 def test_registry_fixture_isolates_registrations(fcrkit_registry):

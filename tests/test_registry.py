@@ -108,8 +108,9 @@ def test_builtins_are_listed_with_plugin_origin_and_summary():
     order = ["encoder", "prior", "decoder", "likelihood", "regularizer"]
     keys = [(order.index(r.kind), r.name) for r in records]
     assert keys == sorted(keys)
-    assert [r.name for r in fcrkit.list_components("likelihood")] == ["gaussian", "nb", "poisson", "zinb"]
-    assert get_registry().names("prior") == ["conditional_gaussian", "standard_normal"]
+    likelihoods = ["gaussian", "lognorm_gaussian", "nb", "poisson", "zinb"]
+    assert [r.name for r in fcrkit.list_components("likelihood")] == likelihoods
+    assert get_registry().names("prior") == ["conditional_gaussian", "sparse_shift", "standard_normal"]
 
 
 def test_unknown_component_lists_available_and_suggests():
@@ -118,7 +119,7 @@ def test_unknown_component_lists_available_and_suggests():
     message = str(err.value)
     assert "'nbb'" in message
     assert "Did you mean 'nb'?" in message
-    assert "'gaussian', 'nb', 'poisson', 'zinb'" in message
+    assert "'gaussian', 'lognorm_gaussian', 'nb', 'poisson', 'zinb'" in message
     assert isinstance(err.value, LookupError)  # catchable as the built-in kind
 
 

@@ -246,7 +246,7 @@ def test_regularizers_must_be_a_list():
 def test_bad_encoder_input():
     with pytest.raises(ConfigError) as err:
         ModelSpec.from_dict({**minimal(), "encoder_input": "log2"})
-    assert str(err.value) == "encoder_input='log2' is not one of 'auto', 'identity', 'log1p'."
+    assert str(err.value) == "encoder_input='log2' is not one of 'auto', 'identity', 'log1p', 'lognorm'."
 
 
 def test_invalid_toml_names_the_file(tmp_path):
@@ -304,7 +304,7 @@ def test_compose_unknown_component(adata):
     message = str(err.value)
     assert "unknown likelihood 'nbb'" in message
     assert "Did you mean 'nb'?" in message
-    assert "'gaussian', 'nb', 'poisson', 'zinb'" in message
+    assert "'gaussian', 'lognorm_gaussian', 'nb', 'poisson', 'zinb'" in message
 
 
 def test_compose_from_toml_path(adata, tmp_path):

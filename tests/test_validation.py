@@ -26,7 +26,7 @@ from fcrkit.errors import ConfigError, DataError, FcrkitError, UnknownComponentE
 from fcrkit.models import FCR, SCVI, BetaVAE, Model
 
 FCRKIT_DIR = Path(fcrkit.__file__).resolve().parent
-COUNT_LIKELIHOODS = "'gaussian', 'nb', 'poisson', 'zinb'"  # as the registry lists the likelihoods
+COUNT_LIKELIHOODS = "'gaussian', 'lognorm_gaussian', 'nb', 'poisson', 'zinb'"  # as the registry lists the likelihoods
 
 
 def assert_fcrkit_error(excinfo: pytest.ExceptionInfo, error: type[FcrkitError], *fragments: str) -> str:

@@ -98,3 +98,13 @@ def positive(raw: Tensor, minimum: float) -> Tensor:
 
 def total_width(label_dims: Mapping[str, int]) -> int:
     return int(sum(label_dims.values()))
+
+
+#: Counts per cell after normalisation in :func:`lognormalize` (scanpy's ``normalize_total`` default).
+LOGNORM_TARGET_SUM = 1e4
+
+
+def lognormalize(counts: Tensor, target_sum: float = LOGNORM_TARGET_SUM) -> Tensor:
+    """``log1p(counts / cell total * target_sum)`` per row (a cell of total 0 stays 0)."""
+    total = counts.sum(-1, keepdim=True).clamp_min(torch.finfo(counts.dtype).tiny)
+    return torch.log1p(counts * (target_sum / total))

@@ -1,6 +1,6 @@
 """Simulated perturbation data with known latents.
 
-Two worlds, both ``latent -> random leaky-ReLU network -> softmax gene fractions -> counts``:
+Three worlds, all ``latent -> random leaky-ReLU network -> softmax gene fractions -> counts``:
 
 ``basic``
     the small world the demo and the tests use: one latent per cell whose mean depends on its cell
@@ -10,8 +10,11 @@ Two worlds, both ``latent -> random leaky-ReLU network -> softmax gene fractions
     condition-dependent Gaussians whose means *and* scales vary with the covariate, the treatment and
     the (covariate, treatment) pair, so that each block is identifiable in principle and carries
     different label information.
+``sparse_shift``
+    the sVAE world: each treatment shifts 1-3 latents by ±N(5, 0.5), controls none; the true
+    targets and shifts are stored for target-identification metrics.
 
-The pieces both share (the random mixing network, its forward pass, library sizes and the
+The pieces they share (the random mixing network, its forward pass, library sizes and the
 observation noise) are the small private functions below.
 """
 
@@ -455,5 +458,135 @@ def interaction(
         "treatments": np.array(treatments, dtype=object),
         "means": means,
         "scales": scales,
+    }
+    return adata
+
+
+def sparse_shift(
+    n_cells: int = 5000,
+    n_genes: int = 100,
+    n_latent: int = 15,
+    n_treatments: int = 20,
+    *,
+    seed: int = 0,
+    max_targets: int = 3,
+    shift_mean: float = 5.0,
+    shift_sd: float = 0.5,
+    n_hidden: int = 40,
+    likelihood: str = "poisson",
+    library_size: float = 1e6,
+    dispersion: float = 5.0,
+) -> AnnData:
+    """The sVAE world (Lopez et al., CLeaR 2023): each treatment shifts a few latents; controls none.
+
+    **Labels.** ``obs["treatment"]`` with levels ``control`` (code 0) and ``drug_0 .. drug_{T-1}``
+    (``T = n_treatments``). The cells are dealt round-robin over the ``T + 1`` conditions, controls
+    included, then shuffled: every condition has ``n_cells / (T + 1)`` cells, give or take one.
+
+    **Targets and shifts.** Treatment ``a`` targets ``k_a ~ Uniform{1, ..., max_targets}`` distinct
+    latent dimensions (at most ``n_latent``), drawn uniformly; on each target it shifts the latent
+    by ``s · m`` with a random sign ``s = ±1`` and ``m ~ N(shift_mean, shift_sd^2)`` (sVAE: ±N(5, 0.5)).
+    The ``(T, n_latent)`` 0/1 matrix of targets and the signed shifts (0 off target) are stored.
+
+    **Latents.** Per cell ``z ~ N(shift[a], I)`` for treatment ``a``; controls ``z ~ N(0, I)``.
+
+    **Mixing.** A leaky-ReLU (slope 0.2) MLP without biases, ``d -> h -> h -> h -> genes``
+    (``h = n_hidden``, 40 in sVAE), each weight the (semi-)orthogonal polar factor of a Gaussian
+    matrix scaled by the leaky-ReLU gain ``sqrt(2 / (1 + 0.2^2))`` (so every layer is injective when
+    ``d <= h <= genes``); the logits are divided by their standard deviation over 4096 reference
+    latents drawn like the cells' (sVAE divides by the standard deviation over the cells), and the
+    gene fractions are ``p = softmax(logits)`` over genes.
+
+    **Observations.** Library sizes ``l ~ LogNormal(log library_size, 0.3^2)`` per cell, then
+    ``y_g ~ Poisson(l p_g)`` (``"poisson"``, sVAE's choice with ``library_size = 1e6``) or
+    ``y_g ~ NB(mean = l p_g, theta = dispersion)`` (``"nb"``, sampled as gamma-Poisson).
+
+    **Randomness.** ``seed`` seeds three independent streams: the targets and shifts, the mixing
+    network, and the cells (labels, latents, libraries, noise); so the world does not depend on
+    ``n_cells``.
+
+    Args:
+        n_cells: number of cells, at least ``n_treatments + 1``.
+        n_genes: number of genes (at least ``n_hidden``).
+        n_latent: latent dimension ``d`` (at most ``n_hidden``).
+        n_treatments: treatments besides the control.
+        seed: non-negative integer seed.
+        max_targets: most latents a treatment shifts.
+        shift_mean, shift_sd: size of a shift, ``N(shift_mean, shift_sd^2)`` with a random sign.
+        n_hidden: width of the mixing network's hidden layers.
+        likelihood: ``"poisson"`` (default) or ``"nb"``.
+        library_size: typical total counts per cell.
+        dispersion: NB inverse dispersion ``theta`` (``"nb"`` only).
+
+    Returns:
+        An AnnData with CSR ``int32`` counts in ``X``, var names ``gene_0 ...``, categorical
+        ``obs["treatment"]``, the true latent in ``obsm["z_true"]`` (``float32``) and
+        ``uns["simulation"]`` with ``kind = "sparse_shift"``, ``seed``, the settings, ``treatments``
+        (the drugs, in row order), ``targets`` (``(T, d)`` ``int8`` 0/1) and ``shifts`` (``(T, d)``,
+        signed, 0 off target). It is storable with ``write_h5ad``.
+
+    Raises:
+        ConfigError: a size is not a positive integer, ``n_latent <= n_hidden <= n_genes`` does not
+            hold, ``n_cells < n_treatments + 1``, ``likelihood`` is unknown, a shift, library size
+            or dispersion is not positive, or ``seed`` is not a non-negative integer.
+    """
+    _check_positive(n_cells=n_cells, n_genes=n_genes, n_latent=n_latent, n_treatments=n_treatments,
+                    max_targets=max_targets, n_hidden=n_hidden)
+    if not n_latent <= n_hidden <= n_genes:
+        raise ConfigError(f"simulate: need n_latent <= n_hidden <= n_genes for an injective mixing network, got "
+                          f"n_latent={n_latent}, n_hidden={n_hidden}, n_genes={n_genes}.")
+    if n_cells < n_treatments + 1:
+        raise ConfigError(f"simulate: n_cells={n_cells} is too few for the control and {n_treatments} treatments "
+                          "to have a cell each.")
+    if not isinstance(likelihood, str) or likelihood not in ("poisson", "nb"):
+        raise ConfigError(f"simulate: likelihood={likelihood!r} is not one of 'poisson', 'nb'."
+                          f"{did_you_mean(str(likelihood), ('poisson', 'nb'))}")
+    _check_positive_real(shift_mean=shift_mean, shift_sd=shift_sd, library_size=library_size, dispersion=dispersion)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"simulate: seed={seed!r} must be a non-negative integer.")
+
+    rng_world, rng_mixing, rng_cells = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3))
+    targets = np.zeros((n_treatments, n_latent), dtype=np.int8)
+    for a in range(n_treatments):
+        k = rng_world.integers(1, min(max_targets, n_latent) + 1)
+        targets[a, rng_world.choice(n_latent, size=k, replace=False)] = 1
+    signs = rng_world.choice([-1.0, 1.0], size=targets.shape)
+    shifts = targets * signs * rng_world.normal(shift_mean, shift_sd, size=targets.shape)
+    means = np.vstack([np.zeros((1, n_latent)), shifts])  # condition 0 is the control
+
+    gain = np.sqrt(2.0 / (1.0 + 0.2**2))  # the leaky-ReLU gain
+    weights = _random_weights(rng_mixing, [n_latent, n_hidden, n_hidden, n_hidden, n_genes], gains=[gain] * 4,
+                              orthogonal=True)
+    reference = means[rng_mixing.integers(n_treatments + 1, size=_N_REFERENCE)]
+    scale = _mlp(reference + rng_mixing.standard_normal(size=reference.shape), weights).std()
+
+    condition = rng_cells.permutation(np.arange(n_cells) % (n_treatments + 1))
+    z = means[condition] + rng_cells.standard_normal(size=(n_cells, n_latent))
+    fractions = _softmax(_mlp(z, weights) / scale)
+    library = _library_sizes(rng_cells, n_cells, library_size)
+    counts = _observe(rng_cells, fractions, library, likelihood, dispersion, library_size)
+
+    treatments = [f"drug_{a}" for a in range(n_treatments)]
+    obs = pd.DataFrame(
+        {"treatment": pd.Categorical.from_codes(condition, categories=["control"] + treatments)},
+        index=[f"cell_{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
+    adata = AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+    adata.obsm["z_true"] = z.astype(np.float32)
+    adata.uns["simulation"] = {
+        "kind": "sparse_shift",
+        "seed": int(seed),
+        "n_latent": int(n_latent),
+        "max_targets": int(max_targets),
+        "shift_mean": float(shift_mean),
+        "shift_sd": float(shift_sd),
+        "n_hidden": int(n_hidden),
+        "likelihood": likelihood,
+        "library_size": float(library_size),
+        "dispersion": float(dispersion),
+        "treatments": np.array(treatments, dtype=object),
+        "targets": targets,
+        "shifts": shifts,
     }
     return adata

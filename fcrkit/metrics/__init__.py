@@ -5,6 +5,8 @@
 * response prediction: :func:`mean_log_expression`, :func:`rank_genes`, :func:`prediction_scores`,
   :func:`additive_baseline`
 * independence: :func:`hsic`, :func:`hsic_torch`
+* held-out likelihood and treatment targets (sVAE): :func:`iwelbo`, :func:`likelihood_bounds`,
+  :func:`likelihood_table`, :func:`target_scores`
 * reference representations and neighbours: :func:`log_normalize`, :func:`pca_embedding`,
   :func:`knn_accuracy`
 """
@@ -14,8 +16,10 @@ from fcrkit.metrics.baselines import log_normalize, pca_embedding
 from fcrkit.metrics.clustering import block_cluster_scores, cluster_labels, cluster_scores
 from fcrkit.metrics.identifiability import MCCResult, block_mcc, block_r2, linear_r2, mcc, mcc_both
 from fcrkit.metrics.independence import HSICResult, hsic, hsic_torch
+from fcrkit.metrics.likelihood import iwelbo, likelihood_bounds, likelihood_table
 from fcrkit.metrics.neighbors import knn_accuracy
 from fcrkit.metrics.prediction import additive_baseline, mean_log_expression, prediction_scores, rank_genes
+from fcrkit.metrics.targets import target_scores
 
 __all__ = [
     "HSICResult",
@@ -39,3 +43,4 @@ __all__ = [
     "prediction_scores",
     "rank_genes",
 ]
+__all__ += ["iwelbo", "likelihood_bounds", "likelihood_table", "target_scores"]

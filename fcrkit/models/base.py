@@ -173,7 +173,9 @@ class Model:
         Each cell is encoded; every block whose prior conditions on the treatment is replaced by a
         draw from its prior under the target condition (the cell's own covariates with ``treatment``
         at ``dose``; ``from_prior="mean"`` takes the prior mean instead); the other blocks keep their
-        posterior means; the decoder's expected value is returned. Combinations are ``"A+B"``.
+        posterior means; the decoder's expected value under the target labels is returned (a decoder
+        that conditions on the treatment, as CPA's, thus sees the target treatment). Combinations are
+        ``"A+B"``.
 
         Returns:
             An AnnData with the same cells and genes whose ``X`` is the predicted mean on the scale of
@@ -185,9 +187,9 @@ class Model:
         if self.setup.treatment_key is None:
             raise ConfigError("this model was set up without a treatment_key; it cannot predict a treatment.")
         swapped = [b.name for b in self.spec.blocks if "t" in b.prior.conditions]
-        if not swapped:
-            raise ConfigError(f"no block of model {self.spec.name!r} has a prior that depends on the treatment, "
-                              "so it cannot predict one (FCR, iVAE-style or sVAE specs can).")
+        if not swapped and "t" not in self.spec.decoder.conditions:
+            raise ConfigError(f"neither a block prior nor the decoder of model {self.spec.name!r} depends on the "
+                              "treatment, so it cannot predict one (FCR, iVAE-style, sVAE or CPA specs can).")
         self._check_target(treatment, dose)
         data = self._cell_data(adata)
         target_obs = adata.obs.copy()

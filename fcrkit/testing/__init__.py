@@ -56,6 +56,8 @@ def random_labels(label_dims: Mapping[str, int], n: int, generator: torch.Genera
 def random_context(info: ModelInfo, n: int = N_CELLS, *, pairs: int = 0, seed: int = 0) -> Context:
     """A minibatch :class:`~fcrkit.protocols.Context` with random latents that require gradients.
 
+    Its observed values ``y`` are Poisson(3) counts, ``library`` their row sums.
+
     With ``pairs > 0`` the first ``pairs`` cells are followed by their ``pairs`` "controls" (labels
     with ``t = 0`` and the same ``x``), as control pairing lays out a batch.
     """
@@ -67,7 +69,9 @@ def random_context(info: ModelInfo, n: int = N_CELLS, *, pairs: int = 0, seed: i
     loc = {b: torch.randn(n, d, generator=generator).requires_grad_() for b, d in info.block_dims.items()}
     scale = {b: (0.5 + torch.rand(n, d, generator=generator)).requires_grad_() for b, d in info.block_dims.items()}
     z = {b: loc[b] + scale[b] * torch.randn(n, d, generator=generator) for b, d in info.block_dims.items()}
-    return Context(z=z, loc=loc, scale=scale, labels=labels, index=torch.arange(n), n_obs=10 * n, pairs=pairs)
+    y = torch.poisson(torch.full((n, info.n_genes), 3.0), generator=generator)
+    return Context(z=z, loc=loc, scale=scale, labels=labels, index=torch.arange(n), n_obs=10 * n, pairs=pairs,
+                   y=y, library=y.sum(-1, keepdim=True))
 
 
 def check_component(
@@ -77,6 +81,7 @@ def check_component(
     *,
     block_dims: Mapping[str, int] | None = None,
     label_dims: Mapping[str, int] | None = None,
+    prior: str | Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> Any:
     """Build ``component`` (a registered name or a factory) as fcrkit would and exercise its protocol.
@@ -84,7 +89,8 @@ def check_component(
     Checks the registration contract (the factory's arguments, the methods of a class), that the
     built object honours its kind's protocol, and what it returns on random inputs: shapes, finite
     values, positive scales, gradients reaching the inputs and parameters, and for a regulariser
-    with an adversary, that the adversary learns on detached latents only.
+    with an adversary, that the adversary learns on detached latents only. A regulariser's context
+    carries a small model (``ctx.module``) whose blocks have conditional Gaussian priors, or ``prior``.
 
     Args:
         kind: ``"encoder"``, ``"prior"``, ``"decoder"``, ``"likelihood"`` or ``"regularizer"``.
@@ -92,6 +98,9 @@ def check_component(
         options: the spec options to build it with.
         block_dims, label_dims: the model a regulariser (or a conditioned part) joins; by default
             blocks ``x, t, tx`` and labels ``x`` (3 levels) and ``t`` (2 treatments).
+        prior: for a regulariser that runs the model's priors (``ctx.module``): the prior of every
+            block of the small model it is given, as a spec entry (``{"name": "sparse_shift",
+            "conditions": ["t"]}``); default: conditional Gaussians on every label.
         seed: seed of the random inputs.
 
     Returns:
@@ -120,7 +129,8 @@ def check_component(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     labels = random_labels(label_dims, N_CELLS, generator)
-    problems = _CHECKS[kind](obj, labels, args, generator)
+    checked = (*args, prior) if kind == "regularizer" else args  # the regulariser's small model gets `prior`
+    problems = _CHECKS[kind](obj, labels, checked, generator)
     if problems:
         raise ConformanceError(f"{kind} {name!r} does not conform:\n- " + "\n- ".join(problems))
     return obj
@@ -236,7 +246,7 @@ def _check_regularizer(reg: Any, labels: dict, args: tuple, generator: torch.Gen
         return problems
     pairs = N_CELLS // 2 if getattr(reg, "needs_control_pairing", False) else 0
     ctx = random_context(info, pairs=pairs, seed=int(torch.randint(2**31, (1,), generator=generator)))
-    ctx.module = _module_for(info)  # for regularisers that run the model's parts (its priors, say)
+    ctx.module = _module_for(info, args[1])  # for regularisers that run the model's parts (its priors, say)
     loss = reg.loss(ctx)
     problems += _shape_problems("loss(ctx)", loss, ())
     if problems:
@@ -256,13 +266,16 @@ def _check_regularizer(reg: Any, labels: dict, args: tuple, generator: torch.Gen
     return problems
 
 
-def _module_for(info: ModelInfo) -> nn.Module:
-    """A small generic model with ``info``'s blocks, each with a prior conditioned on every label."""
+def _module_for(info: ModelInfo, prior_entry: Any = None) -> nn.Module:
+    """A small generic model with ``info``'s blocks, each with a prior conditioned on every label (or
+    the prior ``prior_entry``, a spec entry)."""
     from fcrkit.model import GenerativeModel
     from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec
 
     conditioned = ComponentSpec("conditional_gaussian", tuple(info.label_dims))
     prior = conditioned if info.label_dims else ComponentSpec("standard_normal")
+    if prior_entry is not None:
+        prior = ComponentSpec.parse(prior_entry, "prior")
     blocks = tuple(BlockSpec(b, d, prior=prior) for b, d in info.block_dims.items())
     spec = ModelSpec(name="conformance", blocks=blocks, likelihood=ComponentSpec("nb"))
     return GenerativeModel(spec, dict(info.label_dims), info.n_genes)
