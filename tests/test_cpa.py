@@ -17,12 +17,10 @@ from sklearn.neighbors import KNeighborsClassifier
 import fcrkit
 from fcrkit.components.cpa import AdditiveEmbeddingDecoder, AdversarialClassifier, DoseResponse
 from fcrkit.errors import ConfigError
-from fcrkit.metrics import additive_baseline, prediction_scores
 from fcrkit.models import CPA, Model
 from fcrkit.protocols import ModelInfo
 from fcrkit.testing import check_component, random_context, tiny_adata
-from tests.conftest import shared_dataset
-from tests.test_scvi import most_variable_genes
+from tests.kang import kang_split
 
 BASAL = {"basal": 4}
 
@@ -215,9 +213,6 @@ def test_adversaries_make_the_basal_state_less_predictive_of_treatment_and_covar
     assert scores[100.0]["cell_type"] <= scores[0.0]["cell_type"] - 0.03
 
 
-HELD_OUT = "CD14 Mono"
-
-
 def test_cpa_predicts_a_held_out_kang_cell_type_better_than_no_change():
     """Kang IFN-β, CD14 Mono × STIM held out, 2000 most variable genes (the protocol of test_fcr_kang).
 
@@ -226,29 +221,11 @@ def test_cpa_predicts_a_held_out_kang_cell_type_better_than_no_change():
     (0.566) and the additive answer 0.246 (0.852). Seeds 1 and 2: −1.01 (0.78) and −1.25 (0.74), so
     the margin over no-change asserted here is 1.0 rather than the 3.3 of seed 0.
     """
-    adata = shared_dataset("kang_ifnb2800.h5ad")
-    adata = adata[:, most_variable_genes(adata.X, 2000)].copy()
-    kind, stim = adata.obs["cell_type"], adata.obs["sample"]
-    held_out = (kind == HELD_OUT) & (stim == "STIM")
-    train = adata[~held_out].copy()
-    fcrkit.setup_anndata(train, treatment_key="sample", control_value="CTRL", covariate_keys=["cell_type"])
-
-    model = CPA(train, seed=0)
+    kang = kang_split()
+    model = CPA(kang.train, seed=0)
     model.train(max_epochs=30, batch_size=256, seed=0, accelerator="cpu", progress_bar=False)
-
-    controls = adata[(kind == HELD_OUT) & (stim == "CTRL")].copy()
-    predicted = model.predict(controls, treatment="STIM")
-    truth = adata[held_out].X
-    cpa = prediction_scores(truth, predicted.X, controls.X)
-    no_change = prediction_scores(truth, controls.X, controls.X)
-    others = [
-        (adata[(kind == c) & (stim == "STIM")].X, adata[(kind == c) & (stim == "CTRL")].X)
-        for c in kind.cat.categories
-        if c != HELD_OUT and ((kind == c) & (stim == "STIM")).any() and ((kind == c) & (stim == "CTRL")).any()
-    ]
-    additive = prediction_scores(truth, control_counts=controls.X, pred_mean=additive_baseline(controls.X, others))
-    print(f"\nKang, {HELD_OUT} held out, R2 top-50 DEGs (all genes): CPA {cpa['r2_top50']:.3f} ({cpa['r2_all']:.3f}); "
-          f"no change {no_change['r2_top50']:.3f} ({no_change['r2_all']:.3f}); "
-          f"additive {additive['r2_top50']:.3f} ({additive['r2_all']:.3f})")
+    cpa = kang.scores(model.predict(kang.controls, treatment="STIM"))
+    kang.report("CPA", cpa)
+    no_change = kang.baselines["no change"]
     assert cpa["r2_top50"] >= no_change["r2_top50"] + 1.0
     assert cpa["r2_all"] >= no_change["r2_all"]

@@ -18,14 +18,11 @@ from fcrkit.components.counterfactual import Counterfactual, LogNormalizedGaussi
 from fcrkit.components.nn import lognormalize
 from fcrkit.data.loaders import CellData
 from fcrkit.errors import ConfigError
-from fcrkit.metrics import additive_baseline, prediction_scores
 from fcrkit.metrics.baselines import log_normalize
 from fcrkit.protocols import ModelInfo
 from fcrkit.testing import check_component, tiny_adata
-from tests.conftest import shared_dataset
-from tests.test_scvi import most_variable_genes
+from tests.kang import kang_split
 
-HELD_OUT = "CD14 Mono"
 SMALL = {"n_hidden": 32, "n_latent": 4}
 
 
@@ -197,48 +194,22 @@ def test_save_load_round_trip(recipe, tmp_path):
 # -- Kang: beat the no-change answer on the top-50 DEGs of a held-out cell type --------------------------------
 @pytest.fixture(scope="module")
 def kang():
-    adata = shared_dataset("kang_ifnb2800.h5ad")
-    adata = adata[:, most_variable_genes(adata.X, 2000)].copy()
-    kind, stim = adata.obs["cell_type"], adata.obs["sample"]
-    held_out = (kind == HELD_OUT) & (stim == "STIM")
-    train = adata[~held_out].copy()
-    fcrkit.setup_anndata(train, treatment_key="sample", control_value="CTRL", covariate_keys=["cell_type"])
-    controls = adata[(kind == HELD_OUT) & (stim == "CTRL")].copy()
-    truth = adata[held_out].X
-    others = [
-        (adata[(kind == c) & (stim == "STIM")].X, adata[(kind == c) & (stim == "CTRL")].X)
-        for c in kind.cat.categories
-        if c != HELD_OUT and ((kind == c) & (stim == "STIM")).any() and ((kind == c) & (stim == "CTRL")).any()
-    ]
-    baselines = {
-        "no change": prediction_scores(truth, controls.X, controls.X),
-        "additive": prediction_scores(truth, control_counts=controls.X,
-                                      pred_mean=additive_baseline(controls.X, others)),
-    }
-    return train, controls, truth, baselines
-
-
-def _report(name, scores, baselines):
-    print(f"\nKang, {HELD_OUT} x STIM held out: {name} R2 top-50 DEGs {scores['r2_top50']:.3f}, all "
-          f"{scores['r2_all']:.3f}, delta Pearson {scores['delta_pearson']:.3f}; "
-          + "; ".join(f"{k} {v['r2_top50']:.3f}, {v['r2_all']:.3f}" for k, v in baselines.items()))
+    return kang_split()
 
 
 def test_scgen_beats_no_change_on_a_held_out_cell_type(kang):
-    train, controls, truth, baselines = kang
-    model = fcrkit.models.ScGen(train, n_latent=32, n_hidden=256, seed=0)
+    model = fcrkit.models.ScGen(kang.train, n_latent=32, n_hidden=256, seed=0)
     model.train(max_epochs=40, batch_size=128, seed=0, accelerator="cpu")
-    scores = prediction_scores(truth, model.predict(controls, treatment="STIM").X, controls.X)
-    _report("scGen", scores, baselines)
-    assert scores["r2_top50"] > baselines["no change"]["r2_top50"] + 1.0
-    assert scores["r2_all"] > baselines["no change"]["r2_all"]
+    scores = kang.scores(model.predict(kang.controls, treatment="STIM"))
+    kang.report("scGen", scores)
+    assert scores["r2_top50"] > kang.baselines["no change"]["r2_top50"] + 1.0
+    assert scores["r2_all"] > kang.baselines["no change"]["r2_all"]
 
 
 def test_vci_beats_no_change_on_a_held_out_cell_type(kang):
-    train, controls, truth, baselines = kang
-    model = fcrkit.models.VCI(train, seed=0)
+    model = fcrkit.models.VCI(kang.train, seed=0)
     model.train(max_epochs=30, batch_size=256, lr=3e-3, seed=0, accelerator="cpu")
-    scores = prediction_scores(truth, model.predict(controls, treatment="STIM").X, controls.X)
-    _report("VCI", scores, baselines)
-    assert scores["r2_top50"] > baselines["no change"]["r2_top50"] + 1.0
-    assert scores["r2_all"] > baselines["no change"]["r2_all"]
+    scores = kang.scores(model.predict(kang.controls, treatment="STIM"))
+    kang.report("VCI", scores)
+    assert scores["r2_top50"] > kang.baselines["no change"]["r2_top50"] + 1.0
+    assert scores["r2_all"] > kang.baselines["no change"]["r2_all"]
