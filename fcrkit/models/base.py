@@ -24,7 +24,7 @@ from fcrkit.data.anndata import (
     parse_dose,
     split_treatment,
 )
-from fcrkit.data.loaders import CellData
+from fcrkit.data.loaders import Batch, CellData
 from fcrkit.data.pairing import ControlPairing
 from fcrkit.errors import (
     ConfigError,
@@ -191,31 +191,56 @@ class Model:
             raise ConfigError(f"neither a block prior nor the decoder of model {self.spec.name!r} depends on the "
                               "treatment, so it cannot predict one (FCR, iVAE-style, sVAE or CPA specs can).")
         self._check_target(treatment, dose)
-        data = self._cell_data(adata)
-        target_obs = adata.obs.copy()
-        target_obs[self.setup.treatment_key] = str(treatment)
-        if self.setup.dose_key is not None:
-            target_obs[self.setup.dose_key] = dose
-        target = {k: torch.as_tensor(v, device=data.device) for k, v in self.setup.encode_labels(target_obs).items()}
-        generator = torch.Generator(device=data.device).manual_seed(seed if seed is not None else 0)
-        self.module.eval()
-        out = []
-        for batch in data.iter_batches(torch.arange(data.n_obs, device=data.device), batch_size, shuffle=False):
-            labels = {k: v.index_select(0, batch.index) for k, v in target.items()}
+        device = next(self.module.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed if seed is not None else 0)
+
+        def decode(batch: Batch, labels: dict[str, torch.Tensor]) -> torch.Tensor:
             z = {name: loc for name, (loc, _) in self.module.encode(batch).items()}
             for name in swapped:
                 prior = self.module.prior_distribution(name, labels, len(batch.index))
                 mean = from_prior == "mean"
                 z[name] = prior.mean if mean else torch.normal(prior.mean, prior.stddev, generator=generator)
-            out.append(self.module.decode_mean(z, labels, batch.library).cpu().numpy())
+            return self.module.decode_mean(z, labels, batch.library)
+
+        values = self._decode_cells(adata, decode, self._target_labels(adata, treatment, dose), batch_size)
+        return self._prediction(adata, values, treatment, dose,
+                                {"redrawn_blocks": swapped, "from_prior": from_prior})
+
+    # -- the pieces of a prediction (recipes with their own predict, as ScGen, use them too) ----------------
+    def _target_obs(self, adata: AnnData, treatment: str, dose: float | str) -> Any:
+        _check_adata(adata)
         obs = adata.obs.copy()
         obs[self.setup.treatment_key] = str(treatment)
         if self.setup.dose_key is not None:
             obs[self.setup.dose_key] = dose
+        return obs
+
+    def _target_labels(self, adata: AnnData, treatment: str, dose: float | str) -> dict[str, torch.Tensor]:
+        """The labels of the cells of ``adata`` with their treatment set to ``treatment`` at ``dose``."""
+        device = next(self.module.parameters()).device
+        encoded = self.setup.encode_labels(self._target_obs(adata, treatment, dose))
+        return {k: torch.as_tensor(v, device=device) for k, v in encoded.items()}
+
+    @torch.no_grad()
+    def _decode_cells(self, adata: AnnData, decode: Callable[[Batch, dict[str, torch.Tensor]], torch.Tensor],
+                      target: Mapping[str, torch.Tensor], batch_size: int) -> np.ndarray:
+        """``decode(batch, the batch's rows of target)`` over the cells of ``adata``, concatenated."""
+        data = self._cell_data(adata)
+        self.module.eval()
+        out = []
+        for batch in data.iter_batches(torch.arange(data.n_obs, device=data.device), batch_size, shuffle=False):
+            labels = {k: v.index_select(0, batch.index) for k, v in target.items()}
+            out.append(decode(batch, labels).cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def _prediction(self, adata: AnnData, values: np.ndarray, treatment: str, dose: float | str,
+                    info: Mapping[str, Any]) -> AnnData:
+        """The predicted values as an AnnData of the cells of ``adata``; ``obs`` and ``uns`` say the target."""
+        obs = self._target_obs(adata, treatment, dose)
         obs["fcrkit_prediction"] = f"{treatment} (dose {dose})"
-        result = AnnData(np.concatenate(out).astype(np.float32), obs=obs, var=adata.var.copy())
+        result = AnnData(values, obs=obs, var=adata.var.copy())
         result.uns["fcrkit_prediction"] = {"treatment": str(treatment), "dose": str(dose), "model": self.spec.name,
-                                           "redrawn_blocks": swapped, "from_prior": from_prior}
+                                           **info}
         return result
 
     def _check_target(self, treatment: Any, dose: Any) -> None:

@@ -21,7 +21,6 @@ from anndata import AnnData
 
 from fcrkit.errors import ConfigError, DataError, listing
 from fcrkit.models.base import Recipe
-from fcrkit.models.counterfactual import check_can_predict, predict_cells, prediction_anndata
 from fcrkit.spec import (
     BlockSpec,
     ComponentSpec,
@@ -121,7 +120,9 @@ class ScGen(Recipe):
         scGen has no doses: ``dose`` must be 1. ``seed`` is accepted for a uniform surface (the
         prediction is deterministic).
         """
-        check_can_predict(self, treatment, dose)
+        if self.setup.treatment_key is None:
+            raise ConfigError("this model was set up without a treatment_key; it cannot predict a treatment.")
+        self._check_target(treatment, dose)
         if str(dose) not in ("1", "1.0"):
             raise ConfigError(f"predict(): dose={dose!r}; scGen has no dose model, so the dose must be 1.")
         device = next(self.module.parameters()).device
@@ -131,6 +132,5 @@ class ScGen(Recipe):
             (loc, _), = self.module.encode(batch).values()
             return self.module.decode_mean({"z": loc + shift}, batch.labels, batch.library)
 
-        values = predict_cells(self, adata, batch_size, decode)
-        return prediction_anndata(self, adata, values, treatment, dose, {"method": "latent arithmetic",
-                                                                         "balance": balance})
+        values = self._decode_cells(adata, decode, {}, batch_size)
+        return self._prediction(adata, values, treatment, dose, {"method": "latent arithmetic", "balance": balance})

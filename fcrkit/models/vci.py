@@ -13,10 +13,7 @@ treatment. See docs/baselines.md for what differs from the paper and its code.
 
 from __future__ import annotations
 
-from anndata import AnnData
-
 from fcrkit.models.base import Recipe
-from fcrkit.models.counterfactual import check_can_predict, predict_cells, prediction_anndata, target_labels
 from fcrkit.spec import (
     BlockSpec,
     ComponentSpec,
@@ -63,28 +60,8 @@ class VCI(Recipe):
         decoder_sees_covariates: the decoder sees ``(z, x, t)``; False gives the paper's ``(z, t)``.
         seed: seed of the weight initialisation.
 
-    The latent goes to ``obsm["X_vci"]``.
+    The latent goes to ``obsm["X_vci"]``. ``predict`` is the generic one: the cells are encoded with
+    their own labels (posterior means) and decoded with the target treatment, since the decoder sees t.
     """
 
     build_spec = staticmethod(vci_spec)
-
-    def predict(self, adata: AnnData, treatment: str, dose: float | str = 1.0, *, batch_size: int = 1024,
-                seed: int | None = None) -> AnnData:
-        """Expression of the cells of ``adata`` under ``treatment``: encode with the cells' own labels
-        (posterior means), decode with the target treatment (and the cells' covariates).
-
-        Returns an AnnData on the scale of the data the model was set up with (expected counts with
-        each cell's library for count likelihoods). ``seed`` is accepted for a uniform surface (the
-        prediction is deterministic).
-        """
-        check_can_predict(self, treatment, dose)
-        device = next(self.module.parameters()).device
-        target = target_labels(self, adata, treatment, dose, device)
-
-        def decode(batch, labels):
-            z = {name: loc for name, (loc, _) in self.module.encode(batch).items()}
-            return self.module.decode_mean(z, labels, batch.library)
-
-        values = predict_cells(self, adata, batch_size, decode, target)
-        return prediction_anndata(self, adata, values, treatment, dose, {"method": "encode with the observed "
-                                                                         "treatment, decode with the target"})
