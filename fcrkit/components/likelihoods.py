@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pyro.distributions import Distribution
 from torch import Tensor, nn
 
+from fcrkit.components.distributions import GeneNegativeBinomial
 from fcrkit.errors import ConfigError, check_choice
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import InputKind
@@ -75,7 +76,7 @@ class NegativeBinomial(nn.Module):
     """Negative binomial counts: mean library * softmax(decoder), learned per-gene dispersion.
 
     ``y_g ~ NB(mean mu_g, inverse dispersion theta_g)``, so ``Var y_g = mu_g + mu_g**2 / theta_g``;
-    with ``log mu`` from :func:`log_expected_counts`, the distribution is
+    with ``log mu`` from :func:`log_expected_counts`, the distribution has the log-probability of
     ``pyro.distributions.NegativeBinomial(total_count=theta, logits=log mu - log theta)``.
 
     ``theta = exp(log_theta)`` with ``log_theta`` an ``nn.Parameter`` of shape ``(n_genes,)``
@@ -112,10 +113,16 @@ class NegativeBinomial(nn.Module):
         return log_theta.exp(), log_expected_counts(params["mean"], library) - log_theta
 
     def distribution(self, params: Mapping[str, Tensor], library: Tensor) -> Distribution:
-        theta, logits = self.nb_parameters(params, library)
-        return dist.NegativeBinomial(total_count=theta, logits=logits).to_event(1)
+        """NB over genes with mean ``library × softmax(decoder)`` and per-gene inverse dispersion.
+
+        A :class:`~fcrkit.components.distributions.GeneNegativeBinomial`: the same log-probability as
+        ``pyro.distributions.NegativeBinomial(theta, logits).to_event(1)``, computed faster.
+        """
+        log_library = torch.log(library.clamp_min(LIBRARY_MIN))
+        return GeneNegativeBinomial(params["mean"], log_library, self.bounded_log_theta())
 
     def mean(self, params: Mapping[str, Tensor], library: Tensor) -> Tensor:
+        """Expected counts ``library × softmax(decoder)``."""
         return log_expected_counts(params["mean"], library).exp()
 
 
@@ -134,12 +141,14 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
     heads: tuple[str, ...] = ("mean", "gate")
 
     def distribution(self, params: Mapping[str, Tensor], library: Tensor) -> Distribution:
+        """ZINB over genes: the NB of :class:`NegativeBinomial` with the decoder's gate logits."""
         theta, logits = self.nb_parameters(params, library)
         return dist.ZeroInflatedNegativeBinomial(
             total_count=theta, logits=logits, gate_logits=params["gate"]
         ).to_event(1)
 
     def mean(self, params: Mapping[str, Tensor], library: Tensor) -> Tensor:
+        """Expected counts ``(1 − π) × library × softmax(decoder)``."""
         log_keep = F.logsigmoid(-params["gate"])  # log(1 - pi)
         return (log_keep + log_expected_counts(params["mean"], library)).exp()
 
@@ -162,10 +171,12 @@ class Poisson(nn.Module):
         self.n_genes = _check_n_genes("Poisson likelihood", n_genes)
 
     def mean(self, params: Mapping[str, Tensor], library: Tensor) -> Tensor:
+        """Expected counts ``library × softmax(decoder)`` (kept strictly positive)."""
         rate = log_expected_counts(params["mean"], library).exp()
         return rate.clamp_min(torch.finfo(rate.dtype).tiny)
 
     def distribution(self, params: Mapping[str, Tensor], library: Tensor) -> Distribution:
+        """Poisson over genes with the expected counts as rates."""
         return dist.Poisson(self.mean(params, library)).to_event(1)
 
 
@@ -214,10 +225,12 @@ class Gaussian(nn.Module):
         return F.softplus(params["scale"]) + self.min_scale
 
     def distribution(self, params: Mapping[str, Tensor], library: Tensor) -> Distribution:
+        """Independent Normals over genes with the decoder's mean and the learned scale."""
         loc = params["mean"]
         return dist.Normal(loc, self.scale(params).expand_as(loc)).to_event(1)
 
     def mean(self, params: Mapping[str, Tensor], library: Tensor) -> Tensor:
+        """The decoder's mean (the data's own scale)."""
         return params["mean"]
 
 

@@ -1,6 +1,10 @@
-"""Data: registering an AnnData (``setup_anndata``) and serving it as minibatches (``CellData``)."""
+"""Data: registering an AnnData (``setup_anndata``) and serving it as minibatches (``CellData``).
+
+``cell_data`` serves a backed AnnData (``backed="r"``) out of core, as a ``BackedCellData``.
+"""
 
 from fcrkit.data.anndata import AnnDataSetup, check_values, get_matrix, get_setup, setup_anndata
+from fcrkit.data.backed import BackedCellData, cell_data
 from fcrkit.data.loaders import Batch, CellData
 
 __all__ = [
@@ -11,4 +15,6 @@ __all__ = [
     "check_values",
     "Batch",
     "CellData",
+    "BackedCellData",
+    "cell_data",
 ]

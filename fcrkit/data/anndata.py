@@ -29,6 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from fcrkit.data.disk import DiskMatrix, disk_matrix
 from fcrkit.errors import ConfigError, DataError, did_you_mean, listing
 
 #: Key of ``adata.uns`` that holds the registered setup.
@@ -260,7 +261,7 @@ def setup_anndata(
             "column: pass treatment_key= as well."
         )
     _check_not_empty(adata)
-    matrix = get_matrix(adata, layer)
+    matrix = get_matrix(adata, layer, stream=True)  # a backed X is checked in row blocks, never loaded
     _check_finite(matrix, layer, adata.obs_names)
     setup = AnnDataSetup(
         layer=layer,
@@ -286,11 +287,15 @@ def get_setup(adata: AnnData) -> AnnDataSetup:
     return AnnDataSetup.from_dict(stored)
 
 
-def get_matrix(adata: AnnData, layer: str | None) -> Matrix:
+def get_matrix(adata: AnnData, layer: str | None, *, stream: bool = False) -> Matrix | DiskMatrix:
     """``adata.X`` (``layer=None``) or ``adata.layers[layer]`` as a dense ndarray or a CSR matrix.
 
     Other sparse formats (CSC, COO, sparse arrays) are converted to ``scipy.sparse.csr_matrix``.
+    With ``stream``, an ``X`` that stays on disk (backed AnnData) comes as a
+    :class:`~fcrkit.data.disk.DiskMatrix` instead of being loaded (:func:`check_values` reads it in blocks).
     """
+    if stream and (on_disk := disk_matrix(adata, layer)) is not None:
+        return on_disk
     if layer is None:
         matrix = adata.X
         if matrix is None:
@@ -322,7 +327,7 @@ def as_matrix(matrix: Any) -> Matrix:
 
 
 def check_values(
-    matrix: Matrix,
+    matrix: Matrix | DiskMatrix,
     input_kind: Literal["counts", "real"],
     *,
     likelihood: str,
@@ -332,7 +337,8 @@ def check_values(
     """Refuse a matrix whose values do not fit what a likelihood models.
 
     Args:
-        matrix: dense ndarray or CSR (only the stored values of a CSR are read).
+        matrix: dense ndarray, CSR (only the stored values of a CSR are read) or a
+            :class:`~fcrkit.data.disk.DiskMatrix` (read in row blocks).
         input_kind: ``"counts"`` refuses negative or non-integer values; ``"real"`` refuses data
             that look like raw counts (all non-negative integers with a maximum above
             :data:`COUNT_LIKE_MAX`).
@@ -352,7 +358,7 @@ def check_values(
         raise ConfigError(f"input_kind must be 'counts' or 'real', got {input_kind!r}.")
 
 
-def _check_counts(matrix: Matrix, likelihood: str, layer: str | None) -> None:
+def _check_counts(matrix: Matrix | DiskMatrix, likelihood: str, layer: str | None) -> None:
     count, row, value = _scan(matrix, _not_count)
     if count:
         raise DataError(
@@ -363,7 +369,7 @@ def _check_counts(matrix: Matrix, likelihood: str, layer: str | None) -> None:
         )
 
 
-def _check_not_counts(matrix: Matrix, likelihood: str, layer: str | None) -> None:
+def _check_not_counts(matrix: Matrix | DiskMatrix, likelihood: str, layer: str | None) -> None:
     non_counts, _, _ = _scan(matrix, _not_count, stop_early=True)
     largest = _max(matrix)
     if not non_counts and largest > COUNT_LIKE_MAX:
@@ -375,7 +381,7 @@ def _check_not_counts(matrix: Matrix, likelihood: str, layer: str | None) -> Non
         )
 
 
-def _check_finite(matrix: Matrix, layer: str | None, obs_names: pd.Index) -> None:
+def _check_finite(matrix: Matrix | DiskMatrix, layer: str | None, obs_names: pd.Index) -> None:
     if not np.issubdtype(matrix.dtype, np.inexact):
         return  # integer and boolean matrices hold only finite values
     count, row, value = _scan(matrix, lambda v: ~np.isfinite(v))
@@ -395,21 +401,35 @@ def _not_count(values: np.ndarray) -> np.ndarray:
     return ~((values >= 0) & (values == np.floor(values)))
 
 
-def _scan(matrix: Matrix, is_bad: Any, *, stop_early: bool = False) -> tuple[int, int, Any]:
+def _scan(matrix: Matrix | DiskMatrix, is_bad: Any, *, stop_early: bool = False) -> tuple[int, int, Any]:
     """Count the values where ``is_bad`` holds; return ``(count, first row, first value)``.
 
     CSR matrices are scanned through their stored values only; dense ones in row blocks, so no
-    full-size temporary is made. With ``stop_early`` the count stops at the first bad block.
+    full-size temporary is made; matrices on disk block by block as read. With ``stop_early`` the
+    count stops at the first bad block.
     """
-    if sp.issparse(matrix):
-        bad = is_bad(matrix.data)
-        count = int(bad.sum())
-        if not count:
-            return 0, -1, None
-        position = int(np.argmax(bad))
-        row = int(np.searchsorted(matrix.indptr, position, side="right") - 1)
-        return count, row, matrix.data[position]
+    if isinstance(matrix, DiskMatrix):
+        total, first = 0, (-1, None)
+        for start, block in matrix.blocks():
+            count, row, value = _scan(block, is_bad, stop_early=stop_early)
+            if count and total == 0:
+                first = (start + row, value)
+            total += count
+            if total and stop_early:
+                break
+        return total, first[0], first[1]
     total, first = 0, (-1, None)
+    if sp.issparse(matrix):  # in slices too: a mask of a 100M-value CSR is itself 100 MB
+        for start in range(0, matrix.data.size, _BLOCK_ELEMENTS):
+            bad = is_bad(matrix.data[start : start + _BLOCK_ELEMENTS])
+            count = int(bad.sum())
+            if count and total == 0:
+                position = start + int(np.argmax(bad))
+                first = (int(np.searchsorted(matrix.indptr, position, side="right") - 1), matrix.data[position])
+            total += count
+            if total and stop_early:
+                break
+        return total, first[0], first[1]
     for start, block in _row_blocks(matrix):
         bad = is_bad(block)
         count = int(bad.sum())
@@ -428,7 +448,9 @@ def _row_blocks(matrix: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield start, matrix[start : start + step]
 
 
-def _max(matrix: Matrix) -> float:
+def _max(matrix: Matrix | DiskMatrix) -> float:
+    if isinstance(matrix, DiskMatrix):
+        return max((_max(block) for _, block in matrix.blocks()), default=0.0)
     values = matrix.data if sp.issparse(matrix) else matrix
     return float(values.max()) if values.size else 0.0
 

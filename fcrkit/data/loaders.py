@@ -28,6 +28,7 @@ from anndata import AnnData
 from torch import Tensor
 
 from fcrkit.data.anndata import AnnDataSetup, as_matrix, get_matrix
+from fcrkit.data.disk import row_sums
 from fcrkit.errors import ConfigError, DataError
 
 #: Keep the matrix on the GPU only if it takes at most this fraction of the free GPU memory.
@@ -268,5 +269,5 @@ def _nbytes(matrix: np.ndarray | sp.csr_matrix) -> int:
 
 
 def _row_sums(matrix: np.ndarray | sp.csr_matrix) -> np.ndarray:
-    """``(n, 1)`` totals per cell over all genes, summed in float64."""
-    return np.asarray(matrix.sum(axis=1, dtype=np.float64)).reshape(-1, 1)
+    """``(n, 1)`` totals per cell over all genes, summed in float64 (without a float64 copy of the matrix)."""
+    return row_sums(matrix)

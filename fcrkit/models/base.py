@@ -24,6 +24,7 @@ from fcrkit.data.anndata import (
     parse_dose,
     split_treatment,
 )
+from fcrkit.data.backed import cell_data
 from fcrkit.data.loaders import Batch, CellData
 from fcrkit.data.pairing import ControlPairing
 from fcrkit.errors import (
@@ -37,6 +38,7 @@ from fcrkit.model import GenerativeModel
 from fcrkit.models import persistence
 from fcrkit.models.persistence import META_FILE, WEIGHTS_FILE
 from fcrkit.spec import ModelSpec, line_of
+from fcrkit.train import distributed
 from fcrkit.train.trainer import History, Trainer, TrainingPlan, resolve_device
 
 M = TypeVar("M", bound="Model")
@@ -66,7 +68,7 @@ class Model:
             if seed is not None:
                 torch.manual_seed(seed)
             self.module = GenerativeModel(spec, setup.label_dims, adata.n_vars)
-        check_values(get_matrix(adata, setup.layer), self.module.likelihood.input_kind,
+        check_values(get_matrix(adata, setup.layer, stream=True), self.module.likelihood.input_kind,
                      likelihood=spec.likelihood.name, layer=setup.layer)
         self.var_names = [str(v) for v in adata.var_names]
         self.history = History()
@@ -90,13 +92,17 @@ class Model:
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
         resume: bool = False,
+        strategy: str = "auto",
+        devices: int | None = None,
+        chunk_cells: int | None = None,
         **settings: Any,
     ) -> History:
         """Fit the model by SVI; returns (and keeps in ``self.history``) the per-epoch losses.
 
         Args:
             max_epochs: epochs to train (with ``resume``, in total, counting the checkpoint's).
-            batch_size, lr: minibatch size and Adam learning rate.
+            batch_size: minibatch size.
+            lr: Adam learning rate.
             accelerator: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
             seed: seed of the training run (split, minibatches, Monte Carlo samples); the same seed
                 gives the same result on the same device. None: a random one.
@@ -109,9 +115,17 @@ class Model:
                 ConfigError says what differs). Without a checkpoint there, training starts afresh,
                 so ``resume=True`` is safe on a first run too. With ``resume=False`` an existing
                 checkpoint is overwritten.
+            strategy: ``"single"`` (this process), ``"ddp"`` (data-parallel over processes with
+                DistributedDataParallel, see :mod:`fcrkit.train.distributed`; ``batch_size`` is then
+                per process) or ``"auto"`` (``"ddp"`` when ``devices > 1`` or under torchrun).
+            devices: with ``"ddp"`` outside torchrun, the number of worker processes to start (one
+                GPU each on CUDA); their result is loaded back into this model.
+            chunk_cells: for a backed AnnData (``anndata.read_h5ad(path, backed="r")``), the cells read
+                into memory at a time; minibatches are block-shuffled within such chunks (see
+                :mod:`fcrkit.data.backed`). None: chunks of about 64 MB. Ignored for in-memory data.
 
         Further settings (``weight_decay``, ``elbo``, ``validation_fraction``, ``early_stopping``,
-        ``patience``, ``min_delta``, ``progress_bar``, ``drop_last``) are those of
+        ``patience``, ``min_delta``, ``progress_bar``, ``drop_last``, ``compile``) are those of
         :class:`~fcrkit.train.TrainingPlan`.
 
         Ctrl-C stops training cleanly: the model keeps the state after the last finished epoch
@@ -125,9 +139,13 @@ class Model:
         plan = TrainingPlan(max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed,
                             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
                             **settings)
+        if distributed.resolve_strategy(strategy, devices) == "ddp":
+            self.history = distributed.train_model(self, plan, accelerator, devices)
+            self.is_trained = self.is_trained or len(self.history) > 0
+            return self.history
         device = resolve_device(accelerator)
         self.module.to(device)
-        data = CellData.from_anndata(self.adata, self.setup, device=device)
+        data = cell_data(self.adata, self.setup, device=device, chunk_cells=chunk_cells)  # streamed if backed
         pairing = None
         if self.spec.control_pairing != "none":
             pairing = ControlPairing.from_anndata(self.adata, self.setup, self.spec.control_pairing)
@@ -279,7 +297,7 @@ class Model:
         _check_adata(adata)
         check_genes(self.var_names, adata)
         device = next(self.module.parameters()).device
-        return CellData.from_anndata(adata, self.setup, device=device)
+        return cell_data(adata, self.setup, device=device)  # streamed from disk for a backed AnnData
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

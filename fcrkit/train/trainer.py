@@ -87,6 +87,7 @@ class TrainingPlan:
     checkpoint_dir: str | os.PathLike | None = None
     checkpoint_every: int = 1
     resume: bool = False
+    compile: bool = False  # torch.compile the networks (see Trainer)
 
     def __post_init__(self) -> None:
         for key in ("max_epochs", "batch_size", "patience", "checkpoint_every"):
@@ -103,8 +104,9 @@ class TrainingPlan:
             raise ConfigError(f"checkpoint_dir={self.checkpoint_dir!r} must be a directory path (str or Path).")
         if self.checkpoint_dir is not None and os.path.isfile(self.checkpoint_dir):
             raise ConfigError(f"checkpoint_dir={str(self.checkpoint_dir)!r} is a file; give a directory.")
-        if not isinstance(self.resume, bool):
-            raise ConfigError(f"resume={self.resume!r} must be True or False.")
+        for key in ("resume", "compile"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}={getattr(self, key)!r} must be True or False.")
         if self.resume and self.checkpoint_dir is None:
             raise ConfigError("resume=True needs checkpoint_dir: the directory the run was checkpointed to.")
 
@@ -116,7 +118,9 @@ class History:
     ``loss`` is the total objective, ``elbo`` the negative ELBO per cell (under the regularisers'
     effects), one entry per regulariser with a loss (unweighted), and ``validation_loss`` the
     plain negative ELBO per validation cell. ``interrupted`` is True when Ctrl-C stopped training
-    (the model then holds the state after the last finished epoch).
+    (the model then holds the state after the last finished epoch). ``seconds`` is the wall time of
+    the whole run, ``epoch_seconds`` that of each epoch's training steps (validation excluded): the
+    throughput after the first, warm-up epoch is ``n_train / epoch_seconds[k]``.
     """
 
     values: dict[str, list[float]] = field(default_factory=dict)
@@ -124,9 +128,11 @@ class History:
     interrupted: bool = False
     best_epoch: int | None = None
     seconds: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)
     cells_per_second: float = 0.0
 
     def add(self, row: dict[str, float]) -> None:
+        """Append one epoch's values (a new key starts its own column)."""
         for key, value in row.items():
             self.values.setdefault(key, []).append(value)
 
@@ -157,6 +163,8 @@ class Trainer:
         if module.spec.control_pairing != "none" and pairing is None:
             raise ConfigError(f"model {module.spec.name!r} pairs cells with controls: pass a ControlPairing.")
         self.module, self.data, self.plan, self.pairing = module, data, plan, pairing
+        if plan.compile:
+            compile_networks(module)
         self.sampler: PairSampler | None = None
         self.elbo = resolve_elbo(plan.elbo)
         self.regularizers = module.regularizers
@@ -238,7 +246,8 @@ class Trainer:
         """The plain negative ELBO per cell on ``index`` (no regulariser effects)."""
         total = torch.zeros((), device=self.data.device)
         for batch in self.data.iter_batches(index, self.plan.batch_size, shuffle=False):
-            total = total + self.elbo.differentiable_loss(self.module.model, self.module.guide, batch, len(index))
+            # plate size = the batch's own size (scale 1): each batch adds its cells' sum, whatever the batching
+            total = total + self.elbo.differentiable_loss(self.module.model, self.module.guide, batch, len(batch.index))
         return total / len(index)
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -278,6 +287,7 @@ class Trainer:
             for epoch in bar:
                 module.train()
                 sums: dict[str, Tensor] = {}
+                epoch_start = time.perf_counter()
                 try:
                     for step, batch in enumerate(data.iter_batches(train_idx, plan.batch_size, shuffle=True,
                                                                    generator=generator, drop_last=plan.drop_last)):
@@ -290,6 +300,7 @@ class Trainer:
                     raise
                 module.eval()
                 row = _read_back(sums, n_batches)  # the one host sync of the epoch
+                history.epoch_seconds.append(time.perf_counter() - epoch_start)
                 if len(val_idx):
                     row["validation_loss"] = float(self.validation_loss(val_idx))
                 self._raise_if_not_finite(row, epoch, last_good)
@@ -344,7 +355,8 @@ class Trainer:
             "adversaries": {name: copy.deepcopy(opt.state_dict()) for name, opt in self.adversaries.items()},
             "rng": checkpoint.rng_state(generator),
             "history": {"values": {k: list(v) for k, v in history.values.items()}, "best_epoch": history.best_epoch,
-                        "stopped_early": history.stopped_early, "seconds": history.seconds},
+                        "stopped_early": history.stopped_early, "seconds": history.seconds,
+                        "epoch_seconds": list(history.epoch_seconds)},
             "stopping": dict(stop),
         }
 
@@ -355,6 +367,19 @@ class Trainer:
             optimizer.load_state_dict(copy.deepcopy(state["adversaries"][name]))
         if generator is not None:
             checkpoint.set_rng_state(state["rng"], generator)
+
+
+def compile_networks(module: GenerativeModel) -> None:
+    """``torch.compile`` the encoders, priors and decoder of ``module`` in place (``plan.compile``).
+
+    The Pyro model and guide stay eager; the weights and their names are unchanged, so saving,
+    loading and checkpoints work as before. The first steps pay the compilation (about a minute on
+    a 2-core CPU, and a C++ compiler is needed there). On the CPU, with fcrkit's fused NB kernel,
+    it does not pay (docs/performance.md); it is there for accelerators, where fusing the networks'
+    elementwise layers can.
+    """
+    for network in (*module.encoders.values(), *module.priors.values(), module.decoder):
+        network.compile()
 
 
 def _owns_epoch(regularizer: object, epoch: int) -> bool:
@@ -384,7 +409,8 @@ def _history(state: dict) -> History:
     """The History saved in a loop state (see ``Trainer._state``)."""
     saved = state["history"]
     return History(values={k: list(v) for k, v in saved["values"].items()}, stopped_early=saved["stopped_early"],
-                   best_epoch=saved["best_epoch"], seconds=saved["seconds"])
+                   best_epoch=saved["best_epoch"], seconds=saved["seconds"],
+                   epoch_seconds=list(saved.get("epoch_seconds", [])))
 
 
 def train(module: GenerativeModel, data: CellData, plan: TrainingPlan | None = None, **settings: object) -> History:
