@@ -199,21 +199,35 @@ class _DenseRows:
 
 
 class _CSRRows:
-    """A CSR matrix as three tensors; rows are densified per batch, never the whole matrix."""
+    """A CSR matrix as three tensors; rows are densified per batch, never the whole matrix.
+
+    On the host, a batch is cut out by scipy's compiled CSR row indexing over the same arrays
+    (shared, not copied): several times faster than the equivalent tensor gathers, which remain
+    the path on a GPU.
+    """
 
     def __init__(self, matrix: sp.csr_matrix, device: torch.device, *, pin: bool = False):
         if not matrix.has_canonical_format:  # duplicate entries would be overwritten, not summed
             matrix = matrix.copy()
             matrix.sum_duplicates()
-        col_dtype = np.int32 if matrix.shape[1] < np.iinfo(np.int32).max else np.int64
+        # one index dtype for both arrays, as scipy wants; int32 unless the matrix is too large for it
+        large = max(matrix.nnz, *matrix.shape) >= np.iinfo(np.int32).max
+        index_dtype = np.int64 if large else np.int32
         self.n_genes = int(matrix.shape[1])
         crow = matrix.indptr.astype(np.int64, copy=False)
-        cols = matrix.indices.astype(col_dtype, copy=False)
+        cols = matrix.indices.astype(index_dtype, copy=False)
         self.crow = _to_tensor(crow, device, dtype=None, pin=pin)
         self.cols = _to_tensor(cols, device, dtype=None, pin=pin)
         self.values = _to_tensor(matrix.data, device, pin=pin)
+        self.host: sp.csr_matrix | None = None
+        if device.type == "cpu":
+            self.host = sp.csr_matrix((self.values.numpy(), self.cols.numpy(), matrix.indptr.astype(index_dtype)),
+                                      shape=matrix.shape, copy=False)
 
     def rows(self, index: Tensor, device: torch.device) -> Tensor:
+        if self.host is not None:
+            dense = torch.from_numpy(self.host[index.cpu().numpy()].toarray())
+            return dense.to(device, non_blocking=True)
         row, col, value = self._nonzeros(index.to(self.crow.device))
         out = torch.zeros(index.numel(), self.n_genes, dtype=torch.float32, device=device)
         out[row.to(device), col.to(device)] = value.to(device, non_blocking=True)
