@@ -19,5 +19,7 @@ def test_demo_prints_the_tables_and_writes_the_plots(tmp_path, capsys):
     mcc = table[["MCC z_x", "MCC z_t", "MCC z_tx", "MCC all"]].to_numpy()
     assert np.isfinite(mcc).all() and ((mcc > 0) & (mcc <= 1)).all()
     assert (table.loc[["FCR", "β-VAE", "scVI"], "train s"] > 0).all()
-    for name in ("validation_loss.png", "fcr_blocks.png"):
+    figures = ("training_curves.png", "fcr_blocks.png", "fcr_block_r2.png", "fcr_prediction.png")
+    assert sorted(p.name for p in out.iterdir()) == sorted([*figures, "comparison.csv"])
+    for name in figures:
         assert (out / name).stat().st_size > 5_000
