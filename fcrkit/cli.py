@@ -23,6 +23,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 
 def cmd_components(args: argparse.Namespace) -> int:
+    """``fcrkit components``: list the registered components and the plugin of each."""
     from fcrkit.registry import get_registry
 
     registry = get_registry()
@@ -36,6 +37,7 @@ def cmd_components(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``fcrkit demo``: FCR and two baselines on the interaction simulator (see :mod:`fcrkit.demo`)."""
     import fcrkit
     from fcrkit.demo import run_demo
 
@@ -57,6 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    """``fcrkit fit CONFIG.toml``: train the model a run configuration describes."""
     from fcrkit.workflow import RunConfig, fit
 
     config = RunConfig.from_toml(args.config, output_dir=args.output)  # validated before any data is read
@@ -91,6 +94,7 @@ def _dose(text: str) -> float | str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``fcrkit predict``: a saved model's predicted expression of cells under a target treatment."""
     from fcrkit.workflow import predict
 
     result = predict(args.model_dir, args.data, args.treatment, _dose(args.dose), args.output,
@@ -101,6 +105,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``fcrkit evaluate``: the metrics of a fitted run on its data."""
     from fcrkit.workflow import evaluate, format_metrics, resolve_run
 
     output = args.output
@@ -114,6 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    """``fcrkit benchmark``: several recipes side by side on one data set (see :mod:`fcrkit.benchmark`)."""
     from fcrkit.benchmark import DEFAULT_HOLD_OUT, BenchmarkConfig, run_benchmark, simulated_data
 
     if args.config is not None:
@@ -139,6 +145,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fcrkit`` argument parser, with one sub-command per ``cmd_*`` function."""
     parser = argparse.ArgumentParser(prog="fcrkit", description="Composable generative models of perturbation data.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -218,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fcrkit`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

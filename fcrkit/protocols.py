@@ -61,7 +61,9 @@ class Prior(Protocol):
     ``TraceMeanField_ELBO``.
     """
 
-    def distribution(self, labels: Labels, n: int) -> Distribution: ...
+    def distribution(self, labels: Labels, n: int) -> Distribution:
+        """The prior of ``n`` cells with ``labels``: batch shape ``(n,)``, event shape ``(dim,)``."""
+        ...
 
 
 @runtime_checkable
@@ -165,6 +167,7 @@ class Regularizer(Protocol):
 
 
 def has_method(obj: Any, name: str) -> bool:
+    """Whether ``obj`` has a callable attribute ``name``."""
     return callable(getattr(obj, name, None))
 
 

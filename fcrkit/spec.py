@@ -127,6 +127,7 @@ class ComponentSpec:
             raise ConfigError(f"{where}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
+        """The component as a plain dict: ``name``, and ``conditions`` and options when set."""
         out: dict[str, Any] = {"name": self.name}
         if self.conditions:
             out["conditions"] = list(self.conditions)
@@ -155,12 +156,14 @@ class BlockSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BlockSpec:
+        """A block from its dict form (``name``, ``dim``, ``prior``, ``encoder``), validated."""
         where = f"block {data.get('name', '?')!r}" if isinstance(data, Mapping) else "block"
         _check_keys(data, ("name", "dim", "prior", "encoder"), where)
         fields = {k: data[k] for k in ("prior", "encoder") if k in data}
         return cls(_require(data, "name", where), _require(data, "dim", where), **fields)
 
     def to_dict(self) -> dict[str, Any]:
+        """The block as a plain dict (the inverse of :meth:`from_dict`)."""
         return {"name": self.name, "dim": self.dim, "prior": self.prior.to_dict(), "encoder": self.encoder.to_dict()}
 
 
@@ -192,6 +195,7 @@ class RegularizerSpec:
 
     @classmethod
     def parse(cls, value: Any) -> RegularizerSpec:
+        """A regulariser entry from a name, a dict or a RegularizerSpec, validated."""
         if isinstance(value, RegularizerSpec):
             return value
         if isinstance(value, str):
@@ -210,6 +214,7 @@ class RegularizerSpec:
         return self.weight * min(1.0, epoch_progress / self.warmup_epochs)
 
     def to_dict(self) -> dict[str, Any]:
+        """The entry as a plain dict: ``name``, ``weight``, ``warmup_epochs``, options and ``key``."""
         out = {"name": self.name, "weight": self.weight, "warmup_epochs": self.warmup_epochs, **self.options}
         if self.key != self.name:
             out["key"] = self.key
@@ -275,6 +280,7 @@ class ModelSpec:
 
     @property
     def block_dims(self) -> dict[str, int]:
+        """Size of each latent block, by name, in spec order."""
         return {b.name: b.dim for b in self.blocks}
 
     def obsm_key(self, block: str) -> str:
@@ -328,6 +334,7 @@ class ModelSpec:
             raise ConfigError(f"{path}{line_of(text, str(err))}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a plain dict (the inverse of :meth:`from_dict`; what ``model.json`` stores)."""
         return {
             "name": self.name,
             "blocks": [b.to_dict() for b in self.blocks],

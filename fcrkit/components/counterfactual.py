@@ -76,12 +76,14 @@ class LogNormalizedGaussian(nn.Module):
         return library.clamp_min(LIBRARY_MIN) / self.target_sum
 
     def distribution(self, params: Mapping[str, Tensor], library: Tensor) -> Distribution:
+        """The Gaussian of the log-normalised counts, as a density over the counts."""
         loc = params["mean"]
         unit = self._unit(library).expand_as(loc)
         base = dist.Normal(loc, self.gaussian.scale(params).expand_as(loc))
         return dist.TransformedDistribution(base, [ExpTransform(), AffineTransform(-unit, unit)]).to_event(1)
 
     def mean(self, params: Mapping[str, Tensor], library: Tensor) -> Tensor:
+        """Expected counts with each cell's library (the plug-in ``expm1(mean)`` profile by default)."""
         loc = params["mean"]
         if self.mean_mode == "plugin":
             profile = torch.expm1(loc.clamp_min(0.0))
@@ -168,6 +170,7 @@ class Counterfactual:
         return lognormalize(values) if space == "lognorm" else values
 
     def loss(self, ctx: Context) -> Tensor:
+        """VCI's counterfactual KL and matching terms of the minibatch, weighted by ``kl_weight``, ``match_weight``."""
         module = ctx.module
         if module is None or ctx.y is None or ctx.library is None:
             raise ConfigError("regularizer 'counterfactual' runs the model's parts on the batch's observed cells: "

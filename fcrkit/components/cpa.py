@@ -82,6 +82,7 @@ class DoseResponse(nn.Module):
         return ((at_dose - torch.tanh(self.c)) * v).sum(-1)
 
     def forward(self, doses: Tensor) -> Tensor:
+        """Each treatment's dose-response ``f_d(dose_d)``, normalised to 1 at the reference dose."""
         if self.kind == "linear":
             return doses / self.reference_dose
         reference = self._curve(doses.new_full(doses.shape[-1:], self.reference_dose))  # g_d(reference), > 0
@@ -101,7 +102,11 @@ class AdditiveEmbeddingDecoder(nn.Module):
             :class:`DoseResponse`.
         dose_hidden: hidden width of the ``"mlp"`` dose-response.
         reference_dose: the dose whose effect is the treatment's embedding (``f_d(reference_dose) = 1``).
-        n_hidden, n_layers, norm, dropout, activation: the MLP, as for the ``mlp`` decoder.
+        n_hidden: the MLP, as for the ``mlp`` decoder.
+        n_layers: the MLP, as for the ``mlp`` decoder.
+        norm: the MLP, as for the ``mlp`` decoder.
+        dropout: the MLP, as for the ``mlp`` decoder.
+        activation: the MLP, as for the ``mlp`` decoder.
     """
 
     def __init__(
@@ -140,6 +145,7 @@ class AdditiveEmbeddingDecoder(nn.Module):
         return shift
 
     def forward(self, z: Tensor, labels: Labels) -> dict[str, Tensor]:
+        """Decode ``z`` plus the treatment and covariate embeddings of ``labels``."""
         return self.mlp(z + self.shift(labels), {})
 
 
@@ -171,8 +177,10 @@ class AdversarialClassifier(nn.Module):
             the encoder escapes the classifiers by shrinking the basal state: on Kang its scale fell to
             about 0.05 per dimension, where the classifiers (and their gradient penalty) could not
             follow, while a fresh logistic regression still told CTRL from STIM 98% of the time.
-        n_hidden, n_layers: each classifier's MLP (ReLU, no normalisation).
-        adversary_lr, adversary_steps: their Adam learning rate and their steps per model step.
+        n_hidden: width of each classifier's MLP (ReLU, no normalisation).
+        n_layers: hidden layers of each classifier's MLP.
+        adversary_lr: the classifiers' Adam learning rate.
+        adversary_steps: their steps per model step.
         alternate_every: if > 0, the adversaries train only in every k-th epoch and the model does not
             step then (the trainer's epoch-level alternation; CPA alternates per batch instead).
     """
@@ -268,5 +276,6 @@ class AdversarialClassifier(nn.Module):
 
 @hookimpl
 def fcrkit_register_components(registry) -> None:
+    """Register the ``additive_embedding`` decoder and the ``adversarial_classifier`` regulariser."""
     registry.decoder("additive_embedding", AdditiveEmbeddingDecoder)
     registry.regularizer("adversarial_classifier", AdversarialClassifier)

@@ -19,7 +19,11 @@ class MLPDecoder(nn.Module):
         n_output: number of genes.
         heads: the raw parameters the likelihood needs (e.g. ``("mean", "gate")``).
         label_dims: labels appended to the latent (its spec ``conditions``), e.g. a batch covariate.
-        n_hidden, n_layers, norm, dropout, activation: as for the ``mlp`` encoder.
+        n_hidden: as for the ``mlp`` encoder.
+        n_layers: as for the ``mlp`` encoder.
+        norm: as for the ``mlp`` encoder.
+        dropout: as for the ``mlp`` encoder.
+        activation: as for the ``mlp`` encoder.
     """
 
     def __init__(
@@ -43,10 +47,12 @@ class MLPDecoder(nn.Module):
         self.heads = nn.ModuleDict({head: nn.Linear(width, n_output) for head in heads})
 
     def forward(self, z: Tensor, labels: Labels) -> dict[str, Tensor]:
+        """The likelihood's raw parameters, one ``(cells, genes)`` tensor per head."""
         h = self.trunk(with_labels(z, labels, self.conditions))
         return {name: head(h) for name, head in self.heads.items()}
 
 
 @hookimpl
 def fcrkit_register_components(registry) -> None:
+    """Register the ``mlp`` decoder."""
     registry.decoder("mlp", MLPDecoder)

@@ -48,10 +48,12 @@ class MLPEncoder(nn.Module):
         self.min_scale = float(min_scale)
 
     def forward(self, y: Tensor, labels: Labels) -> tuple[Tensor, Tensor]:
+        """Posterior ``(loc, scale)`` of the block for inputs ``y`` and the encoder's labels."""
         h = self.trunk(with_labels(y, labels, self.conditions))
         return self.loc(h), positive(self.scale(h), self.min_scale)
 
 
 @hookimpl
 def fcrkit_register_components(registry) -> None:
+    """Register the ``mlp`` encoder."""
     registry.encoder("mlp", MLPEncoder)

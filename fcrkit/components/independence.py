@@ -62,8 +62,10 @@ class TotalCorrelation(nn.Module):
 
     Args:
         blocks: the blocks whose joint total correlation is penalised (default: all).
-        n_hidden, n_layers: the discriminator MLP.
-        adversary_lr: the discriminator's learning rate; adversary_steps: its steps per model step.
+        n_hidden: width of the discriminator MLP.
+        n_layers: hidden layers of the discriminator MLP.
+        adversary_lr: the discriminator's learning rate.
+        adversary_steps: its steps per model step.
     """
 
     def __init__(self, info: ModelInfo, *, blocks: Sequence[str] | None = None, n_hidden: int = 128,
@@ -92,6 +94,7 @@ class TotalCorrelation(nn.Module):
         return self.adversary(z).squeeze(-1)
 
     def adversary_loss(self, ctx: Context) -> Tensor:
+        """The discriminator's BCE: real codes (label 1) against dimension-shuffled codes (label 0)."""
         z = self.codes(ctx)
         real, fake = self.logit(z), self.logit(shuffle_dimensions(z))
         return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
@@ -136,6 +139,7 @@ class HSICPenalty:
         self.label, self.use = label, use
 
     def loss(self, ctx: Context) -> Tensor:
+        """``HSIC_b`` between the chosen blocks and the label over the minibatch."""
         latents = getattr(ctx, self.use)
         z = torch.cat([latents[b] for b in self.blocks], dim=-1)
         return hsic_torch(z, ctx.labels[self.label].to(z.dtype))
@@ -143,5 +147,6 @@ class HSICPenalty:
 
 @hookimpl
 def fcrkit_register_components(registry) -> None:
+    """Register the ``total_correlation`` and ``hsic`` regularisers."""
     registry.regularizer("total_correlation", TotalCorrelation)
     registry.regularizer("hsic", HSICPenalty)

@@ -34,6 +34,7 @@ class FlatBatchNorm(nn.BatchNorm1d):
     """
 
     def forward(self, inputs: Tensor) -> Tensor:
+        """Batch norm over the last dimension, for inputs with any number of leading dimensions."""
         if inputs.dim() <= 2:
             return super().forward(inputs)
         return super().forward(inputs.reshape(-1, inputs.shape[-1])).reshape(inputs.shape)
@@ -97,6 +98,7 @@ def positive(raw: Tensor, minimum: float) -> Tensor:
 
 
 def total_width(label_dims: Mapping[str, int]) -> int:
+    """Total width of the labels a component sees (the sum of their dimensions)."""
     return int(sum(label_dims.values()))
 
 

@@ -26,6 +26,7 @@ class StandardNormal(nn.Module):
         self.register_buffer("_zero", torch.zeros(()), persistent=False)  # follows .to(device)
 
     def distribution(self, labels: Labels, n: int) -> dist.Distribution:
+        """``N(0, I)`` for ``n`` cells (batch ``(n,)``, event ``(dim,)``)."""
         loc = self._zero.expand(n, self.dim)
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
@@ -98,6 +99,7 @@ class ConditionalGaussian(nn.Module):
         return out
 
     def distribution(self, labels: Labels, n: int) -> dist.Distribution:
+        """``N(μ(labels), diag σ²(labels))`` for the ``n`` cells of ``labels``."""
         h = self.embedding(labels)
         loc = self.loc(h)
         scale = positive(self.scale(h), self.min_scale) if self.scale is not None else torch.ones_like(loc)
@@ -106,5 +108,6 @@ class ConditionalGaussian(nn.Module):
 
 @hookimpl
 def fcrkit_register_components(registry) -> None:
+    """Register the ``standard_normal`` and ``conditional_gaussian`` priors."""
     registry.prior("standard_normal", StandardNormal)
     registry.prior("conditional_gaussian", ConditionalGaussian)

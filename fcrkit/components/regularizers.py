@@ -58,4 +58,5 @@ class KL:
 
 @hookimpl
 def fcrkit_register_components(registry) -> None:
+    """Register the ``kl`` regulariser."""
     registry.regularizer("kl", KL)

@@ -140,6 +140,7 @@ class SparseShift(nn.Module):
         return (probs > 0.5).to(probs.dtype) if self.eval_mask == "hard" else probs
 
     def distribution(self, labels: Labels, n: int) -> dist.Distribution:
+        """``N(Σ_a t_a · γ_a ⊙ μ_a, I)`` for the ``n`` cells of ``labels`` (masks drawn while training)."""
         w = self.row_weights(labels)
         mask = self.current_mask()
         if mask is not None:
@@ -228,6 +229,7 @@ class MaskSparsity:
         return found
 
     def loss(self, ctx: Context) -> Tensor:
+        """The sparsity term of the masks (sVAE's mean probability, or sVAE+'s Beta hyperprior), once started."""
         priors = [p for p in self.priors(ctx.module) if not p.is_binarized]
         if not priors or ctx.epoch < self.start_epoch:
             return torch.zeros((), device=ctx.index.device)
@@ -246,5 +248,6 @@ def sparse_shift_priors(module: nn.Module) -> dict[str, SparseShift]:
 
 @hookimpl
 def fcrkit_register_components(registry) -> None:
+    """Register the ``sparse_shift`` prior and the ``mask_sparsity`` regulariser."""
     registry.prior("sparse_shift", SparseShift)
     registry.regularizer("mask_sparsity", MaskSparsity)

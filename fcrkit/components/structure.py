@@ -76,7 +76,8 @@ class LabelClassifier(nn.Module):
     Args:
         blocks: the blocks the classifier reads (concatenated).
         label: ``"t"`` (treatment) or ``"x"`` (covariates).
-        n_hidden, n_layers: the classifier MLP.
+        n_hidden: width of the classifier MLP.
+        n_layers: hidden layers of the classifier MLP.
         use: ``"z"`` (posterior samples) or ``"loc"`` (posterior means).
     """
 
@@ -92,10 +93,12 @@ class LabelClassifier(nn.Module):
         self.classifier = _head(n_in, info.label_dims[label], n_hidden, n_layers)
 
     def logits(self, ctx: Context) -> Tensor:
+        """The classifier's logits of the label from the chosen blocks."""
         latents = getattr(ctx, self.use)
         return self.classifier(torch.cat([latents[b] for b in self.blocks], dim=-1))
 
     def loss(self, ctx: Context) -> Tensor:
+        """Binary cross-entropy of the (multi-hot) label, summed over its entries, averaged over cells."""
         target = (ctx.labels[self.label] > 0).to(torch.float32)
         return F.binary_cross_entropy_with_logits(self.logits(ctx), target, reduction="none").sum(-1).mean()
 
@@ -109,8 +112,10 @@ class PermutationDiscriminator(nn.Module):
 
     Args:
         blocks: ``(a, b)``; ``b`` is permuted.
-        n_hidden, n_layers: the discriminator MLP.
-        adversary_lr: its learning rate; adversary_steps: its steps per model step.
+        n_hidden: width of the discriminator MLP.
+        n_layers: hidden layers of the discriminator MLP.
+        adversary_lr: its learning rate.
+        adversary_steps: its steps per model step.
         alternate_every: if > 0, the discriminator trains only in every ``alternate_every``-th
             epoch, and the model does not step in those epochs (the authors' one-in-eight schedule).
         published_noop: compute the model's term without gradient, as both published versions of the
@@ -138,9 +143,11 @@ class PermutationDiscriminator(nn.Module):
                 + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
 
     def adversary_loss(self, ctx: Context) -> Tensor:
+        """The discriminator's BCE, real pairs against pairs permuted within conditions."""
         return self._bce(ctx)
 
     def loss(self, ctx: Context) -> Tensor:
+        """The model's term, ``-BCE`` of the discriminator (no gradient with ``published_noop``)."""
         if self.published_noop:
             with torch.no_grad():
                 return -self._bce(ctx)
@@ -162,6 +169,7 @@ class ControlSimilarity:
         _check_label(info, "t", "control_similarity")
 
     def loss(self, ctx: Context) -> Tensor:
+        """``mean cos(z_t, z_t⁰)`` over treated cells minus ``mean cos(z_x, z_x⁰)`` (posterior means)."""
         n = ctx.pairs
         t, x = ctx.loc[self.treatment_block], ctx.loc[self.covariate_block]
         treated = (ctx.labels["t"][:n].sum(-1) > 0).to(t.dtype)
@@ -182,6 +190,7 @@ class ConditionKL:
         self.blocks = _check_blocks(info, list(info.block_dims) if blocks is None else blocks, "condition_kl")
 
     def loss(self, ctx: Context) -> Tensor:
+        """KL between per-condition averages of the posterior and prior Gaussians, summed over conditions."""
         groups = condition_ids(ctx)
         n_groups = int(groups.max()) + 1
         ones = torch.ones_like(groups, dtype=torch.float32)
@@ -203,6 +212,7 @@ class ConditionKL:
 
 @hookimpl
 def fcrkit_register_components(registry) -> None:
+    """Register FCR's structure regularisers."""
     registry.regularizer("label_classifier", LabelClassifier)
     registry.regularizer("permutation_discriminator", PermutationDiscriminator)
     registry.regularizer("control_similarity", ControlSimilarity)

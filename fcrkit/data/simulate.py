@@ -512,7 +512,8 @@ def sparse_shift(
         n_treatments: treatments besides the control.
         seed: non-negative integer seed.
         max_targets: most latents a treatment shifts.
-        shift_mean, shift_sd: size of a shift, ``N(shift_mean, shift_sd^2)`` with a random sign.
+        shift_mean: mean size of a shift, ``N(shift_mean, shift_sd^2)`` with a random sign.
+        shift_sd: standard deviation of the size of a shift.
         n_hidden: width of the mixing network's hidden layers.
         likelihood: ``"poisson"`` (default) or ``"nb"``.
         library_size: typical total counts per cell.

@@ -106,7 +106,9 @@ def likelihood_table(model: Any, adata: AnnData | None = None, *, by: str | None
 
     Args:
         by: obs column to group by (default: the model's treatment column).
-        k, batch_size, seed: as for :func:`likelihood_bounds`.
+        k: as for :func:`likelihood_bounds`.
+        batch_size: as for :func:`likelihood_bounds`.
+        seed: as for :func:`likelihood_bounds`.
 
     Returns:
         A DataFrame indexed by group with columns ``n_cells``, ``elbo`` and ``iwelbo`` (means over the

@@ -31,9 +31,14 @@ class BetaVAE(Recipe):
 
     Args:
         adata: data registered with :func:`fcrkit.setup_anndata`.
-        n_latent: latent dimension; beta: the KL weight; likelihood: any registered likelihood.
-        n_hidden, n_layers: encoder and decoder MLPs; kl_warmup_epochs: linear warm-up of the KL.
         seed: seed of the weight initialisation.
+
+    Keyword Args:
+        n_latent: latent dimension.
+        beta: the KL weight.
+        likelihood: any registered likelihood.
+        n_hidden, n_layers: encoder and decoder MLPs.
+        kl_warmup_epochs: linear warm-up of the KL.
 
     The latent goes to ``obsm["X_betavae"]``.
     """

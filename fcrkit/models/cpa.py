@@ -14,7 +14,7 @@ deterministic code while giving it a prior; ``kl_weight=0`` approaches the deter
 Kang (a held-out cell type, 20 epochs, seeds 0 / 1) KL weights 0.1, 0.3 and 1 gave R² over the top-50
 DEGs of −0.81 / −1.11, 0.10 / −1.21 and 0.34 / −1.16: the seed matters more than the weight.
 
-Departures from CPA, each measured (see docs/baselines.md): the dose-response curves are monotone
+Departures from CPA, each measured (see docs/recipes/cpa.md): the dose-response curves are monotone
 and normalised to 1 at a reference dose; the adversaries read the basal state standardised over the
 minibatch; the encoder has no dropout; the schedule is the trainer's, ``adversary_steps`` adversary
 steps on each minibatch after each model step (CPA alternates: 2 adversary steps, then 1 model step,
@@ -88,6 +88,9 @@ class CPA(Recipe):
     Args:
         adata: data registered with :func:`fcrkit.setup_anndata` with a treatment (and, by default,
             covariates; a ``dose_key`` gives doses to the dose-response curves).
+        seed: seed of the weight initialisation.
+
+    Keyword Args:
         likelihood: ``"nb"``, ``"zinb"``, ``"poisson"`` (counts) or ``"gaussian"`` (log-normalised).
         n_latent: size of the basal state (and of the embeddings).
         adversary_weight: weight of the model's ``−CE`` term (0: no adversaries). The ELBO is summed
@@ -108,7 +111,6 @@ class CPA(Recipe):
         adversary_steps: adversary steps per model step, on the same minibatch (CPA alternates over
             minibatches, two adversary steps for each autoencoder step).
         adversary_warmup_epochs, kl_warmup_epochs: linear warm-up of the two weights.
-        seed: seed of the weight initialisation.
 
     The basal state goes to ``obsm["X_cpa"]``; ``predict(controls, treatment, dose)`` decodes the
     controls' basal states with the target treatment at ``dose``.

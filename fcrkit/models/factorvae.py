@@ -77,13 +77,16 @@ class FactorVAE(Recipe):
 
     Args:
         adata: data registered with :func:`fcrkit.setup_anndata`.
+        seed: seed of the weight initialisation.
+
+    Keyword Args:
         likelihood: ``"nb"``, ``"zinb"``, ``"poisson"`` (counts) or ``"gaussian"`` (log-normalised).
         n_latent: latent dimension (at least 2).
         gamma: weight of the total-correlation term (0 gives a β-VAE). The ELBO is summed over
             genes; on 200-gene simulated data γ = 10 cut the codes' Gaussian total correlation
             2.6- to 8-fold against β-VAE (five seeds). With one discriminator step per model step,
             γ = 30 or 100 raised it instead (the encoder outran the discriminator); with five, γ = 30
-            did about as well as 10 (docs/baselines.md).
+            did about as well as 10 (docs/recipes/factorvae.md).
         beta: weight of the KL (1 in the paper).
         n_hidden, n_layers: encoder and decoder MLPs.
         kl_warmup_epochs: linear warm-up of the KL weight (0 for none).
@@ -93,7 +96,6 @@ class FactorVAE(Recipe):
             thousands of steps; in runs of a few hundred steps one step leaves the discriminator far
             from its optimum (on a correlated Gaussian it needs about 1000 steps to estimate the TC),
             so its estimate, and the penalty, lag behind the encoder.
-        seed: seed of the weight initialisation.
 
     The latent goes to ``obsm["X_factorvae"]``.
     """

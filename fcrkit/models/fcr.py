@@ -121,6 +121,9 @@ class FCR(Recipe):
 
     Args:
         adata: data registered with :func:`fcrkit.setup_anndata` (a treatment and covariates).
+        seed: seed of the weight initialisation.
+
+    Keyword Args:
         likelihood: ``"nb"``, ``"zinb"``, ``"poisson"`` (counts) or ``"gaussian"`` (log-normalised).
         n_latent: size of each block, ``{"x": .., "t": .., "tx": ..}``, or one size for all.
         weights: override weights of the terms in :data:`DEFAULT_WEIGHTS` (0 removes a term).
@@ -128,7 +131,8 @@ class FCR(Recipe):
             replacing the FCR term with the same key; e.g. ``[{"name": "my_hsic", "weight": 10}]``.
         tx_prior: form of ``p(z_tx | t, x)``: ``"concat"`` (an MLP on the concatenated label
             embeddings, as in the authors' run) or ``"product"`` (``k_t ⊙ k_x``, the paper's figure).
-        n_hidden, n_layers: encoder and decoder MLPs; prior_hidden: the priors' embedding width.
+        n_hidden, n_layers: encoder and decoder MLPs.
+        prior_hidden: the priors' embedding width.
         kl_warmup_epochs: linear KL warm-up.
         control_pairing: ``"covariates"`` (controls of the same covariates) or ``"any"``.
         published_noop: reproduce the published code's discriminators, which pass no gradient.
@@ -140,7 +144,6 @@ class FCR(Recipe):
             ``f_ct``; by default it reads ``z_t`` only, because reading ``z_tx`` pulls treatment
             content into the interaction block (on the interaction simulator, median z_tx MCC over
             3 seeds 0.58 with it, 0.75 without).
-        seed: seed of the weight initialisation.
 
     Latents go to ``obsm["X_fcr_x"]``, ``["X_fcr_tx"]``, ``["X_fcr_t"]``; ``predict`` redraws ``z_t``
     and ``z_tx`` from their priors under the target condition.

@@ -73,19 +73,21 @@ class HCV(Recipe):
 
     Args:
         adata: data registered with :func:`fcrkit.setup_anndata`, with the ``nuisance`` label.
+        seed: seed of the weight initialisation.
+
+    Keyword Args:
         likelihood: ``"nb"``, ``"zinb"``, ``"poisson"`` (counts) or ``"gaussian"`` (log-normalised).
         n_latent: latent dimension.
         nuisance: ``"x"`` (the covariates, e.g. batch; default) or ``"t"`` (the treatment).
         weight: ``λ``, the weight of the HSIC term (0: the same model without it). HSIC values are
             small (about 10⁻³–10⁻¹) against an ELBO summed over genes, hence the large default; on
             60-gene simulated data λ = 1000 cut the latent's HSIC with the covariate fivefold,
-            while λ = 3000 and 10000 removed less (docs/baselines.md).
+            while λ = 3000 and 10000 removed less (docs/recipes/hcv.md).
         decoder_sees_nuisance: give the decoder ``s`` (the paper's model); without it the penalty
             also removes the nuisance's effect from the reconstruction.
         use: ``"z"`` (posterior samples, the paper's choice) or ``"loc"`` (posterior means) in HSIC.
         n_hidden, n_layers: encoder and decoder MLPs.
         kl_warmup_epochs: linear warm-up of the KL weight (0 for none).
-        seed: seed of the weight initialisation.
 
     The latent goes to ``obsm["X_hcv"]``.
     """

@@ -89,6 +89,9 @@ class IVAE(Recipe):
 
     Args:
         adata: data registered with :func:`fcrkit.setup_anndata`, with the labels named in ``aux``.
+        seed: seed of the weight initialisation.
+
+    Keyword Args:
         likelihood: ``"nb"``, ``"zinb"``, ``"poisson"`` (counts) or ``"gaussian"`` (log-normalised).
         n_latent: latent dimension.
         aux: the auxiliary labels ``u``: ``"x"`` (covariates), ``"t"`` (treatment) or both
@@ -97,7 +100,6 @@ class IVAE(Recipe):
         prior_hidden, prior_layers: the prior's label embedding (0 layers: linear in the one-hot labels).
         beta: KL weight (1 for the iVAE ELBO).
         kl_warmup_epochs: linear warm-up of the KL weight (0 for none).
-        seed: seed of the weight initialisation.
 
     The latent goes to ``obsm["X_ivae"]``. With ``"t"`` in ``aux``, ``predict`` redraws ``z`` from the
     prior under the target treatment.

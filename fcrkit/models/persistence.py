@@ -85,6 +85,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def sha256(file: Path) -> str:
+    """Hex SHA-256 digest of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -58,15 +58,17 @@ class ScGen(Recipe):
     Args:
         adata: data registered with :func:`fcrkit.setup_anndata` (a ``treatment_key`` for ``predict``;
             the first covariate key, e.g. the cell type, is what ``predict`` balances).
+        seed: seed of the weight initialisation.
+
+    Keyword Args:
         n_latent, n_hidden, n_layers, dropout: sizes of the latent and of the encoder and decoder MLPs
             (scGen's defaults: 100, 800, 2, 0.2).
         beta: weight of the KL. scGen weights it by 5e-5 against a squared error with unit variance;
             here the Gaussian learns a variance per gene (about 0.8 on Kang). On Kang 0.0005 and 0.005
-            predicted alike and 0.05 worse (see docs/baselines.md).
+            predicted alike and 0.05 worse (see docs/recipes/scgen.md).
         kl_warmup_epochs: linear warm-up of the KL.
         likelihood: ``"lognorm_gaussian"`` for counts (log-normalised inside, expected counts out) or
             ``"gaussian"`` for data that are already log-normalised (predictions stay log-normalised).
-        seed: seed of the weight initialisation.
 
     The latent goes to ``obsm["X_scgen"]``.
     """

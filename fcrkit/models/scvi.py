@@ -42,13 +42,15 @@ class SCVI(Recipe):
 
     Args:
         adata: counts registered with :func:`fcrkit.setup_anndata`.
+        seed: seed of the weight initialisation.
+
+    Keyword Args:
         n_latent: latent dimension.
         n_hidden, n_layers: width and depth of encoder and decoder.
         likelihood: ``"nb"``, ``"zinb"`` or ``"poisson"``.
         dropout_rate: encoder dropout.
         kl_warmup_epochs: epochs of linear KL warm-up (0 for none).
         condition_on_covariates: give encoder and decoder the covariates (scVI's batch correction).
-        seed: seed of the weight initialisation.
 
     The latent goes to ``obsm["X_scvi"]``.
     """

@@ -78,10 +78,13 @@ class SVAE(Recipe):
     Objective per cell (negative): ``−E_q[log p(y | z)] + w · KL(q(z | y) || N(γ_a ⊙ μ_a, I))``
     plus ``λ · mean σ(log_alpha)`` (sVAE) or ``λ · (−Σ log Beta(σ(log_alpha); 1, K)) / N`` (sVAE+),
     with ``w`` warmed up linearly over ``kl_warmup_epochs`` and the sparsity term switched on at
-    ``sparsity_start_epoch`` (default: when the warm-up ends). See ``docs/svae.md``.
+    ``sparsity_start_epoch`` (default: when the warm-up ends). See ``docs/recipes/svae.md``.
 
     Args:
         adata: counts registered with :func:`fcrkit.setup_anndata` with a ``treatment_key``.
+        seed: seed of the weight initialisation.
+
+    Keyword Args:
         likelihood: ``"nb"`` (sVAE's), ``"zinb"`` or ``"poisson"``.
         n_latent: latent dimension.
         plus: sVAE+ (Beta(1, K) hyperprior on the mask probabilities) instead of sVAE's mean penalty.
@@ -92,13 +95,12 @@ class SVAE(Recipe):
         n_hidden, n_layers, dropout_rate: encoder and decoder MLPs (dropout in the encoder).
         learn_control: give controls a learned shift and mask of their own (sVAE's choice, where the
             control is one more label); by default their prior is N(0, I), which anchors the origin of
-            the latent at the controls and recovers the targets better (see ``docs/svae.md``).
+            the latent at the controls and recovers the targets better (see ``docs/recipes/svae.md``).
         init_log_alpha: initial mask logits (5: p ≈ 0.99).
         sparsity_start_epoch: no sparsity term before this epoch (default ``kl_warmup_epochs``). Adam
             moves the mask logits at the speed of its learning rate whatever the term's weight, so a
             term that is on from the start prunes the masks while every shift ``μ`` is still 0, and a
-            mask at 0 passes no gradient to its ``μ``: it never comes back (see ``docs/svae.md``).
-        seed: seed of the weight initialisation.
+            mask at 0 passes no gradient to its ``μ``: it never comes back (see ``docs/recipes/svae.md``).
 
     The latent goes to ``obsm["X_svae"]``; :meth:`mask_probabilities` and :meth:`learned_targets` give
     the masks per treatment, :meth:`transfer` fits treatments unseen in training, and
@@ -171,8 +173,12 @@ class SVAE(Recipe):
                 cell in the training data).
             retrain_epochs: epochs of stage 2 (0 skips the retraining).
             max_epochs: epochs of stage 3 (0 stops after stage 2).
-            lr, fit_lr: learning rates of stages 2 and 3.
-            batch_size, seed, accelerator, settings: as for :meth:`train` (both stages).
+            lr: learning rate of stage 2.
+            fit_lr: learning rate of stage 3.
+            batch_size: as for :meth:`train` (both stages).
+            seed: as for :meth:`train` (both stages).
+            accelerator: as for :meth:`train` (both stages).
+            **settings: as for :meth:`train` (both stages).
 
         Returns:
             ``{"retrain": History, "fit": History}`` (also kept in ``self.transfer_history``).

@@ -8,7 +8,7 @@ prior's role is played by the posterior of a counterfactual (regulariser ``count
            + ω₁·KL(q(z | y, x, t) || q(z | sg(y'), x, t')) + ω₂·match(y'; observed cells of (x, t'))
 
 ``predict`` encodes a cell with its own labels and decodes the posterior mean with the target
-treatment. See docs/baselines.md for what differs from the paper and its code.
+treatment. See docs/recipes/vci.md for what differs from the paper and its code.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ class VCI(Recipe):
     Args:
         adata: data registered with :func:`fcrkit.setup_anndata` with a ``treatment_key`` and
             ``covariate_keys``.
+        seed: seed of the weight initialisation.
+
+    Keyword Args:
         n_latent: latent dimension; n_hidden, n_layers, norm: the encoder and decoder MLPs.
         likelihood: any registered likelihood (``"nb"`` for counts; ``"lognorm_gaussian"`` for a Gaussian
             of the log-normalised counts; ``"gaussian"`` for log-normalised data).
@@ -58,7 +61,6 @@ class VCI(Recipe):
         match_weight: ω₂, weight of the match of the counterfactual with observed cells of (x, t').
         bandwidth, kernel: the match's Gaussian kernel (``"kde"`` log-density or ``"mean"`` log-kernel).
         decoder_sees_covariates: the decoder sees ``(z, x, t)``; False gives the paper's ``(z, t)``.
-        seed: seed of the weight initialisation.
 
     The latent goes to ``obsm["X_vci"]``. ``predict`` is the generic one: the cells are encoded with
     their own labels (posterior means) and decoded with the target treatment, since the decoder sees t.

@@ -96,8 +96,9 @@ def check_component(
         kind: ``"encoder"``, ``"prior"``, ``"decoder"``, ``"likelihood"`` or ``"regularizer"``.
         component: a registered name, or the factory a plugin registers.
         options: the spec options to build it with.
-        block_dims, label_dims: the model a regulariser (or a conditioned part) joins; by default
-            blocks ``x, t, tx`` and labels ``x`` (3 levels) and ``t`` (2 treatments).
+        block_dims: the blocks of the model a regulariser joins; by default ``x, t, tx``.
+        label_dims: the labels of the model a regulariser (or a conditioned part) joins; by default
+            ``x`` (3 levels) and ``t`` (2 treatments).
         prior: for a regulariser that runs the model's priors (``ctx.module``): the prior of every
             block of the small model it is given, as a spec entry (``{"name": "sparse_shift",
             "conditions": ["t"]}``); default: conditional Gaussians on every label.
