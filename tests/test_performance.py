@@ -49,3 +49,33 @@ def test_compiled_networks_train_to_the_eager_result(counts):
 def test_compile_must_be_a_bool(counts):
     with pytest.raises(ConfigError, match="compile='yes' must be True or False"):
         _train(counts, compile="yes")
+
+
+def _denormals_flushed() -> bool:
+    import torch
+
+    return bool(torch.tensor([1e-39]).mul(1.0)[0] == 0)
+
+
+def test_denormals_are_flushed_while_training_and_the_mode_restored(counts, monkeypatch):
+    import torch
+
+    from fcrkit.train.trainer import Trainer, flushed_denormals
+
+    for before in (False, True):
+        torch.set_flush_denormal(before)
+        with flushed_denormals():
+            assert _denormals_flushed()
+        assert _denormals_flushed() == before
+    torch.set_flush_denormal(False)
+
+    seen, step = [], Trainer._step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(_denormals_flushed())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_step", recording_step)
+    _train(counts)
+    assert seen and all(seen)  # every training step ran with denormals flushed
+    assert not _denormals_flushed()  # and the caller's mode is back

@@ -312,7 +312,7 @@ class DistributedTrainer(Trainer):
         return float(total) / n_val
 
     # -- the loop -----------------------------------------------------------------------------------------------
-    def fit(self) -> History:
+    def _fit(self) -> History:
         """Train this rank's share; every rank returns the same History (see the module docstring)."""
         plan, module, data, rank, world = self.plan, self.module, self.data, self.rank, self.world
         seed = plan.seed if plan.seed is not None else _shared_random_seed(data.device)
