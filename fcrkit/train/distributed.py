@@ -106,7 +106,6 @@ from fcrkit.train.trainer import (
     Trainer,
     TrainingPlan,
     _history,
-    _owns_epoch,
     _read_back,
     _restore,
     _snapshot,
@@ -291,17 +290,12 @@ class DistributedTrainer(Trainer):
             self.optimizer.zero_grad(set_to_none=True)
             (total * scale).backward()
             self.optimizer.step()
-        detached = ctx.detached()
-        for name, optimizer in self.adversaries.items():
-            reg = self.regularizers[name]
-            if int(getattr(reg, "alternate_every", 0)) and not _owns_epoch(reg, int(epoch)):
-                continue
-            for _ in range(int(getattr(reg, "adversary_steps", 1))):
-                optimizer.zero_grad(set_to_none=True)
-                (reg.adversary_loss(detached) * scale).backward()
-                _average_gradients(self.adversary_params[name], self.world)
-                optimizer.step()
+        self._step_adversaries(ctx, epoch, scale)
         return {"loss": total.detach() * share, **{k: v.detach() * share for k, v in terms.items()}}
+
+    def _reduce_adversary_gradients(self, name: str) -> None:
+        """Average adversary ``name``'s gradients over the processes (it is outside DDP's reduction)."""
+        _average_gradients(self.adversary_params[name], self.world)
 
     def _validation(self, shard: Tensor, n_val: int) -> float:
         """The plain negative ELBO per validation cell, over all ranks' shards."""

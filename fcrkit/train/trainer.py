@@ -216,6 +216,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
+        self._step_adversaries(ctx, epoch)
+        return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def _step_adversaries(self, ctx: object, epoch: float, scale: float = 1.0) -> None:
+        """Each adversary's own steps on the detached latents (those whose schedule owns this epoch)."""
         detached = ctx.detached()
         for name, optimizer in self.adversaries.items():
             reg = self.regularizers[name]
@@ -223,9 +228,12 @@ class Trainer:
                 continue
             for _ in range(int(getattr(reg, "adversary_steps", 1))):
                 optimizer.zero_grad(set_to_none=True)
-                reg.adversary_loss(detached).backward()
+                (reg.adversary_loss(detached) * scale).backward()
+                self._reduce_adversary_gradients(name)
                 optimizer.step()
-        return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def _reduce_adversary_gradients(self, name: str) -> None:
+        """Combine adversary ``name``'s gradients across processes: nothing to do in one process."""
 
     def _raise_if_not_finite(self, row: dict[str, float], epoch: int, last_good: dict,
                              cause: BaseException | None = None) -> None:
