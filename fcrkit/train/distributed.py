@@ -347,20 +347,13 @@ class DistributedTrainer(Trainer):
                 self._raise_if_not_finite(_read_back(sums, n_steps), epoch, last_good, cause=err)
                 raise
             module.eval()
-            if hasattr(history, "epoch_seconds"):
-                history.epoch_seconds.append(time.perf_counter() - epoch_start)
+            history.epoch_seconds.append(time.perf_counter() - epoch_start)
             _average_buffers(module, world)
             row = _reduce_row(sums, n_steps)  # the one host sync of the epoch
             if len(val_idx):
                 row["validation_loss"] = self._validation(val_shard, len(val_idx))
             self._raise_if_not_finite(row, epoch, last_good)
-            history.add(row)
-            improved = plan.early_stopping and row["validation_loss"] < stop["best"] - plan.min_delta
-            if improved:
-                stop["best"], stop["waited"], history.best_epoch = row["validation_loss"], 0, epoch
-            elif plan.early_stopping:
-                stop["waited"] += 1
-                history.stopped_early = stop["waited"] >= plan.patience
+            improved = self._record(history, row, stop, epoch)
             history.seconds = time.perf_counter() - start
             weights = _snapshot(module, self.optimizer)
             if improved:

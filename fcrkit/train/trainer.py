@@ -235,6 +235,18 @@ class Trainer:
     def _reduce_adversary_gradients(self, name: str) -> None:
         """Combine adversary ``name``'s gradients across processes: nothing to do in one process."""
 
+    def _record(self, history: History, row: dict[str, float], stop: dict, epoch: int) -> bool:
+        """Add an epoch's row to ``history`` and update early stopping; True if validation improved."""
+        plan = self.plan
+        history.add(row)
+        improved = plan.early_stopping and row["validation_loss"] < stop["best"] - plan.min_delta
+        if improved:
+            stop["best"], stop["waited"], history.best_epoch = row["validation_loss"], 0, epoch
+        elif plan.early_stopping:
+            stop["waited"] += 1
+            history.stopped_early = stop["waited"] >= plan.patience
+        return improved
+
     def _raise_if_not_finite(self, row: dict[str, float], epoch: int, last_good: dict,
                              cause: BaseException | None = None) -> None:
         """Restore the last good state and raise, naming the term, if a loss or a parameter is not finite."""
@@ -319,13 +331,7 @@ class Trainer:
                 if len(val_idx):
                     row["validation_loss"] = float(self.validation_loss(val_idx))
                 self._raise_if_not_finite(row, epoch, last_good)
-                history.add(row)
-                improved = plan.early_stopping and row["validation_loss"] < stop["best"] - plan.min_delta
-                if improved:
-                    stop["best"], stop["waited"], history.best_epoch = row["validation_loss"], 0, epoch
-                elif plan.early_stopping:
-                    stop["waited"] += 1
-                    history.stopped_early = stop["waited"] >= plan.patience
+                improved = self._record(history, row, stop, epoch)
                 history.seconds = seconds + time.perf_counter() - start
                 weights = _snapshot(module, self.optimizer)
                 if improved:
