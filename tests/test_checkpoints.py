@@ -170,7 +170,7 @@ def test_resume_without_a_checkpoint_starts_afresh_and_a_finished_one_returns_at
     def no_step(*args, **kwargs):
         raise AssertionError("a finished checkpoint must not train again")
 
-    monkeypatch.setattr(Trainer, "_step", no_step)
+    monkeypatch.setattr(Trainer, "step", no_step)
     again = small_scvi(adata)
     history = again.train(2, checkpoint_dir=tmp_path / "new", resume=True, **FAST)
     assert history.values == plain.history.values and again.is_trained
@@ -184,7 +184,7 @@ def test_ctrl_c_keeps_the_last_finished_epoch_and_resume_finishes_the_run_exactl
 
     at_epoch_end: list[dict[str, torch.Tensor]] = []  # weights after each epoch's steps
     calls = {"steps": 0}
-    step, validation_loss = Trainer._step, Trainer.validation_loss
+    step, validation_loss = Trainer.step, Trainer.validation_loss
 
     def interrupting_step(self, *args, **kwargs):
         calls["steps"] += 1
@@ -196,7 +196,7 @@ def test_ctrl_c_keeps_the_last_finished_epoch_and_resume_finishes_the_run_exactl
         at_epoch_end.append({k: v.detach().clone() for k, v in self.module.state_dict().items()})
         return validation_loss(self, index)
 
-    monkeypatch.setattr(Trainer, "_step", interrupting_step)
+    monkeypatch.setattr(Trainer, "step", interrupting_step)
     monkeypatch.setattr(Trainer, "validation_loss", recording_validation_loss)
     model = small_fcr(adata)
     with pytest.warns(UserWarning, match=r"interrupted during epoch 3.*after epoch 2.*resume=True"):
@@ -223,7 +223,7 @@ def test_early_stopping_state_survives_an_interrupt_and_resume(adata, tmp_path, 
     uninterrupted.train(40, **settings)
     assert uninterrupted.history.stopped_early and uninterrupted.history.best_epoch == 0
 
-    step, calls = Trainer._step, {"steps": 0}
+    step, calls = Trainer.step, {"steps": 0}
 
     def interrupting_step(self, *args, **kwargs):
         calls["steps"] += 1
@@ -231,7 +231,7 @@ def test_early_stopping_state_survives_an_interrupt_and_resume(adata, tmp_path, 
             raise KeyboardInterrupt
         return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_step", interrupting_step)
+    monkeypatch.setattr(Trainer, "step", interrupting_step)
     with pytest.warns(UserWarning, match="interrupted"):
         assert len(small_scvi(adata).train(40, checkpoint_dir=tmp_path, checkpoint_every=5, **settings)) == 2
     monkeypatch.undo()
@@ -247,7 +247,7 @@ def test_ctrl_c_in_the_first_epoch_leaves_the_model_untrained(adata, monkeypatch
 
     model = small_scvi(adata)
     before = state_of(model)
-    monkeypatch.setattr(Trainer, "_step", interrupt)
+    monkeypatch.setattr(Trainer, "step", interrupt)
     with pytest.warns(UserWarning, match="pass checkpoint_dir"):
         history = model.train(3, **FAST)
     assert history.interrupted and len(history) == 0 and not model.is_trained

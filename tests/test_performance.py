@@ -69,13 +69,13 @@ def test_denormals_are_flushed_while_training_and_the_mode_restored(counts, monk
         assert _denormals_flushed() == before
     torch.set_flush_denormal(False)
 
-    seen, step = [], Trainer._step
+    seen, step = [], Trainer.step
 
     def recording_step(self, *args, **kwargs):
         seen.append(_denormals_flushed())
         return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_step", recording_step)
+    monkeypatch.setattr(Trainer, "step", recording_step)
     _train(counts)
     assert seen and all(seen)  # every training step ran with denormals flushed
     assert not _denormals_flushed()  # and the caller's mode is back

@@ -209,7 +209,7 @@ class _Objective(nn.Module):
     """The training objective of one minibatch as a module, so that DDP's gradient hooks fire.
 
     ``forward`` returns ``(total, terms, context)``: the negative ELBO per cell plus the weighted
-    regulariser terms (as :meth:`Trainer._step` adds them), the unweighted terms, and the context.
+    regulariser terms (as :meth:`Trainer.step` adds them), the unweighted terms, and the context.
     """
 
     def __init__(self, trainer: Trainer):

@@ -203,7 +203,14 @@ class Trainer:
                     terms[name] = reg.loss(ctx)
         return terms, ctx
 
-    def _step(self, batch: Batch, n_obs: int, epoch: float, generator: torch.Generator) -> dict[str, Tensor]:
+    def step(self, batch: Batch, n_obs: int, epoch: float, generator: torch.Generator) -> dict[str, Tensor]:
+        """One optimisation step on ``batch`` (what :meth:`fit` runs for every minibatch).
+
+        ``n_obs`` is the number of training cells (the plate's size), ``epoch`` the fractional
+        epoch (it sets the regularisers' weight schedules), ``generator`` the source of control
+        partners. With control pairing, :attr:`sampler` must be set (``fit`` sets it for its
+        training split). Returns the loss and each term, detached and still on the device.
+        """
         terms, ctx = self._losses(batch, n_obs, epoch, with_terms=True, generator=generator)
         total = terms["elbo"]
         for name, term in terms.items():
@@ -318,7 +325,7 @@ class Trainer:
                 try:
                     for step, batch in enumerate(data.iter_batches(train_idx, plan.batch_size, shuffle=True,
                                                                    generator=generator, drop_last=plan.drop_last)):
-                        for key, value in self._step(batch, n_train, epoch + step / n_batches, generator).items():
+                        for key, value in self.step(batch, n_train, epoch + step / n_batches, generator).items():
                             sums[key] = sums[key] + value if key in sums else value
                 except (ValueError, RuntimeError) as err:
                     # a non-finite step poisons the parameters; the next step then fails inside Pyro or torch
