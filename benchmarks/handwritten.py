@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from fcrkit.components.distributions import nb_log_prob
 from fcrkit.components.structure import permute_within
@@ -96,6 +97,17 @@ def _prior(prior: nn.Module, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 def _conditions(x: Tensor, t: Tensor) -> Tensor:
     return torch.unique(torch.cat([t, x], dim=-1), dim=0, return_inverse=True)[1]
+
+
+ADVERSARIES = ("permutation_t", "permutation_x")
+
+
+def fcr_optimizers(module: nn.Module, lr: float = 1e-3) -> tuple[Optimizer, dict[str, Optimizer]]:
+    """Adam over an FCR module's parameters except the discriminators', and one Adam per discriminator."""
+    adversary_params = {id(p) for name in ADVERSARIES for p in module.regularizers[name].adversary.parameters()}
+    optimizer = torch.optim.Adam([p for p in module.parameters() if id(p) not in adversary_params], lr=lr)
+    return optimizer, {name: torch.optim.Adam(module.regularizers[name].adversary.parameters(), lr=lr)
+                       for name in ADVERSARIES}
 
 
 def fcr_step(module: nn.Module, optimizer: torch.optim.Optimizer, adversaries: dict[str, torch.optim.Optimizer],

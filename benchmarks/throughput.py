@@ -21,8 +21,10 @@ denormal floats flushed to zero (as fcrkit's trainer does; a decoder's softmax m
   shared 2-core machine whose speed drifts by up to 20% from one minute to the next, whole runs in
   separate processes cannot resolve a 5% difference; taking turns step by step can.
 
-With ``--repeats R`` everything runs R times, interleaved (so that drifts hit all alike), and medians
-are reported (with min and max).
+Every process runs with glibc's malloc thresholds fixed (``STEADY_MALLOC``), so that returning
+freed memory to the OS and faulting it back in, which glibc's adaptive thresholds do more in some
+runs than in others, does not decide the ratios. With ``--repeats R`` everything runs R times,
+interleaved (so that drifts hit all alike), and medians are reported (with min and max).
 
     python benchmarks/throughput.py [--cells 20000 --genes 2000 --batch-sizes 512 1024 --epochs 4]
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -48,6 +51,11 @@ sys.path.insert(0, str(HERE))
 
 CONTENDERS = ("fcrkit SCVI", "hand-written SCVI (fcrkit NB)", "hand-written SCVI (textbook NB)", "scvi-tools SCVI",
               "fcrkit FCR", "hand-written FCR")
+# glibc's malloc hands freed minibatch-sized blocks back to the OS and faults them in again on the
+# next step; how often depends on its adaptive thresholds, so the same run cost 0.3 s or 1.7 s of
+# system time (up to 15% of the run) from one run to the next. Fixed thresholds keep freed blocks
+# for reuse, for every contender alike (--glibc-malloc-defaults measures without them).
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(4 * 2**30)}
 KL_WARMUP = 20  # epochs, as in the SCVI recipe; FCR's is 10
 
 
@@ -79,7 +87,7 @@ def _hand_scvi(adata, batch_size: int, kernel: str, device: str) -> Callable:
 def _hand_fcr(adata, batch_size: int, device: str) -> Callable:
     """A hand-written FCR step over the networks of a built ``FCR`` model, with control partners."""
     import torch
-    from handwritten import fcr_step
+    from handwritten import fcr_optimizers, fcr_step
 
     import fcrkit
     from fcrkit.data.pairing import ControlPairing
@@ -92,11 +100,7 @@ def _hand_fcr(adata, batch_size: int, device: str) -> Callable:
               for k, v in model.setup.encode_labels(adata.obs).items()}
     dense, library = _dense(adata, device)
     sampler = ControlPairing.from_anndata(adata, model.setup).sampler(torch.arange(adata.n_obs), torch.device(device))
-    adversary_params = {id(p) for name in ("permutation_t", "permutation_x")
-                        for p in module.regularizers[name].adversary.parameters()}
-    optimizer = torch.optim.Adam([p for p in module.parameters() if id(p) not in adversary_params], lr=1e-3)
-    adversaries = {name: torch.optim.Adam(module.regularizers[name].adversary.parameters(), lr=1e-3)
-                   for name in ("permutation_t", "permutation_x")}
+    optimizer, adversaries = fcr_optimizers(module)
     weights = {k: v for k, v in DEFAULT_WEIGHTS.items() if k not in ("kl", "condition_kl")}
 
     def step(cells, epoch: float):
@@ -247,7 +251,8 @@ def worker(args: argparse.Namespace) -> None:
 def _subprocess(name: str, data: Path, batch_size: int, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--worker", name, "--data", str(data), "--batch-size", str(batch_size),
                "--epochs", str(args.epochs), "--threads", str(args.threads), "--device", args.device]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = os.environ if args.glibc_malloc_defaults else {**os.environ, **STEADY_MALLOC}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -306,6 +311,8 @@ def main() -> None:
                         help="whole training runs to time, each in its own process")
     parser.add_argument("--paired", nargs="*", default=["SCVI", "FCR"], choices=["SCVI", "FCR"], metavar="RECIPE",
                         help="recipes whose step to time in alternation with its hand-written twin")
+    parser.add_argument("--glibc-malloc-defaults", action="store_true",
+                        help="run the contenders with glibc's adaptive malloc thresholds (see STEADY_MALLOC)")
     parser.add_argument("--csv", default="throughput.csv")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)

@@ -79,3 +79,24 @@ def test_denormals_are_flushed_while_training_and_the_mode_restored(counts, monk
     _train(counts)
     assert seen and all(seen)  # every training step ran with denormals flushed
     assert not _denormals_flushed()  # and the caller's mode is back
+
+
+def test_pyro_validation_runs_on_the_first_step_only_and_the_setting_is_restored(counts, monkeypatch):
+    import pyro
+    from pyro.infer.util import is_validation_enabled
+
+    seen = []
+
+    def recording_guide(guide):
+        def run(*args, **kwargs):
+            seen.append(is_validation_enabled())
+            return guide(*args, **kwargs)
+        return run
+
+    model = fcrkit.models.SCVI(counts, n_latent=3, n_hidden=16, seed=0)
+    monkeypatch.setattr(model.module, "guide", recording_guide(model.module.guide))
+    pyro.enable_validation(True)
+    model.train(max_epochs=2, batch_size=64, validation_fraction=0.0, seed=0, accelerator="cpu", progress_bar=False)
+    steps = 2 * -(-counts.n_obs // 64)
+    assert seen[0] is True and seen[1:] == [False] * (steps - 1)  # the guide runs once per step
+    assert is_validation_enabled()  # the caller's setting is back

@@ -102,6 +102,7 @@ from fcrkit.data.pairing import ControlPairing
 from fcrkit.errors import ConfigError, FcrkitError
 from fcrkit.model import GenerativeModel
 from fcrkit.train.trainer import (
+    EpochTotals,
     History,
     Trainer,
     TrainingPlan,
@@ -335,24 +336,22 @@ class DistributedTrainer(Trainer):
             epoch_start = time.perf_counter()
             shards = self._shards(train_idx, shared)
             n_steps = max(1, len(shards))
-            sums: dict[str, Tensor] = {}
+            totals = EpochTotals()
             try:
                 for step, (cells, share) in enumerate(shards):
-                    for key, value in self._ddp_step(data.gather(cells), n_train, epoch + step / n_steps, own,
-                                                     share).items():
-                        sums[key] = sums[key] + value if key in sums else value
+                    totals.add(self._ddp_step(data.gather(cells), n_train, epoch + step / n_steps, own, share))
             except (ValueError, RuntimeError) as err:
                 # a non-finite step poisons the (identical) parameters of every rank alike
                 bar.close()
-                self._raise_if_not_finite(_read_back(sums, n_steps), epoch, last_good, cause=err)
+                self._raise_if_not_finite(_read_back(totals.sums, n_steps), epoch, last_good, totals, cause=err)
                 raise
             module.eval()
             history.epoch_seconds.append(time.perf_counter() - epoch_start)
             _average_buffers(module, world)
-            row = _reduce_row(sums, n_steps)  # the one host sync of the epoch
+            row = _reduce_row(totals.sums, n_steps)  # the one host sync of the epoch
             if len(val_idx):
                 row["validation_loss"] = self._validation(val_shard, len(val_idx))
-            self._raise_if_not_finite(row, epoch, last_good)
+            self._raise_if_not_finite(row, epoch, last_good, totals)
             improved = self._record(history, row, stop, epoch)
             history.seconds = time.perf_counter() - start
             weights = _snapshot(module, self.optimizer)
