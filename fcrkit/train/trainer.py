@@ -190,8 +190,8 @@ class Trainer:
         Pyro's validation (every distribution's arguments and samples checked against their
         constraints, every site's log-density checked for NaN and inf) runs on a trainer's first
         step only: it catches a component's mistakes there, and after that would cost a few
-        elementwise passes and host synchronisations per step (about 1.5 ms, 3%, of an SCVI step
-        on two CPU cores). Non-finite losses and parameters are still caught at the end of each
+        elementwise passes and host synchronisations per step (1.1 ms of a 43 ms SCVI step at
+        batch 512 on two CPU cores). Non-finite losses and parameters are still caught at the end of each
         epoch (:class:`~fcrkit.errors.NonFiniteLossError`).
         """
         pairs, plate = 0, n_obs
