@@ -68,7 +68,7 @@ def _dense(adata, device: str):
     return dense, dense.sum(1, keepdim=True)
 
 
-def _hand_scvi(adata, batch_size: int, kernel: str, device: str) -> Callable:
+def _hand_scvi(adata, kernel: str, device: str) -> Callable:
     """A hand-written SCVI step: ``step(cells, epoch)`` trains on the rows ``cells``."""
     import torch
     from handwritten import HandSCVI, scvi_step
@@ -84,7 +84,7 @@ def _hand_scvi(adata, batch_size: int, kernel: str, device: str) -> Callable:
     return step
 
 
-def _hand_fcr(adata, batch_size: int, device: str) -> Callable:
+def _hand_fcr(adata, device: str) -> Callable:
     """A hand-written FCR step over the networks of a built ``FCR`` model, with control partners."""
     import torch
     from handwritten import fcr_optimizers, fcr_step
@@ -137,10 +137,10 @@ def _fcrkit_step(adata, recipe: str, batch_size: int, device: str) -> Callable:
     return step
 
 
-def _hand_written(name: str, adata, batch_size: int, device: str) -> Callable:
+def _hand_written(name: str, adata, device: str) -> Callable:
     if name == "hand-written FCR":
-        return _hand_fcr(adata, batch_size, device)
-    return _hand_scvi(adata, batch_size, "fcrkit" if "fcrkit" in name else "textbook", device)
+        return _hand_fcr(adata, device)
+    return _hand_scvi(adata, "fcrkit" if "fcrkit" in name else "textbook", device)
 
 
 def _epochs(step: Callable, n: int, batch_size: int, epochs: int, device: str) -> list[float]:
@@ -170,7 +170,7 @@ def _paired(adata, recipe: str, batch_size: int, epochs: int, device: str) -> di
 
     ours = _fcrkit_step(adata, recipe, batch_size, device)
     hand = _hand_written("hand-written FCR" if recipe == "FCR" else "hand-written SCVI (fcrkit NB)",
-                         adata, batch_size, device)
+                         adata, device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     n, spent = adata.n_obs, {"fcrkit": 0.0, "hand": 0.0}
     for epoch in range(epochs):
@@ -241,7 +241,7 @@ def worker(args: argparse.Namespace) -> None:
     if name.startswith("fcrkit"):
         seconds = _fcrkit(adata, name.split()[1], args.batch_size, args.epochs, device)
     elif name.startswith("hand-written"):
-        seconds = _epochs(_hand_written(name, adata, args.batch_size, device), adata.n_obs, args.batch_size,
+        seconds = _epochs(_hand_written(name, adata, device), adata.n_obs, args.batch_size,
                           args.epochs, device)
     else:
         seconds = _scvi_tools(adata, args.batch_size, args.epochs, device)
