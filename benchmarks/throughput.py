@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -56,7 +56,7 @@ CONTENDERS = ("fcrkit SCVI", "hand-written SCVI (fcrkit NB)", "hand-written SCVI
 # system time (up to 15% of the run) from one run to the next. Fixed thresholds keep freed blocks
 # for reuse, for every contender alike (--glibc-malloc-defaults measures without them).
 STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(4 * 2**30)}
-KL_WARMUP = 20  # epochs, as in the SCVI recipe; FCR's is 10
+KL_WARMUP = {"SCVI": 20, "FCR": 10}  # epochs, as in the recipes
 
 
 def _dense(adata, device: str):
@@ -78,7 +78,7 @@ def _hand_scvi(adata, kernel: str, device: str) -> Callable:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(cells, epoch: float):
-        kl_weight = min(1.0, epoch / KL_WARMUP)
+        kl_weight = min(1.0, epoch / KL_WARMUP["SCVI"])
         return scvi_step(model, optimizer, dense.index_select(0, cells), library.index_select(0, cells), kl_weight)
 
     return step
@@ -107,7 +107,7 @@ def _hand_fcr(adata, device: str) -> Callable:
         index = torch.cat([cells, sampler.sample(cells)])
         return fcr_step(module, optimizer, adversaries, dense.index_select(0, index), library.index_select(0, index),
                         labels["x"].index_select(0, index), labels["t"].index_select(0, index), weights,
-                        min(1.0, epoch / 10))
+                        min(1.0, epoch / KL_WARMUP["FCR"]))
 
     return step
 
@@ -124,8 +124,7 @@ def _fcrkit_step(adata, recipe: str, batch_size: int, device: str) -> Callable:
     model.module.to(device).train()
     data = cell_data(model.adata, model.setup, device=torch.device(device))
     plan = TrainingPlan(batch_size=batch_size, validation_fraction=0.0, seed=0)
-    pairing = (ControlPairing.from_anndata(model.adata, model.setup, model.spec.control_pairing)
-               if model.spec.control_pairing != "none" else None)
+    pairing = ControlPairing.for_mode(model.adata, model.setup, model.spec.control_pairing)
     trainer = Trainer(model.module, data, plan, pairing)
     if pairing is not None:
         trainer.sampler = pairing.sampler(torch.arange(adata.n_obs, device=device), torch.device(device))
@@ -143,6 +142,15 @@ def _hand_written(name: str, adata, device: str) -> Callable:
     return _hand_scvi(adata, "fcrkit" if "fcrkit" in name else "textbook", device)
 
 
+def _minibatches(n: int, batch_size: int, epoch: int, device: str) -> Iterator[tuple[object, float]]:
+    """One epoch's shuffled minibatches of ``range(n)``, each with the fractional epoch it starts at."""
+    import torch
+
+    order = torch.randperm(n, device=device)
+    for first in range(0, n, batch_size):
+        yield order[first:first + batch_size], epoch + first / n
+
+
 def _epochs(step: Callable, n: int, batch_size: int, epochs: int, device: str) -> list[float]:
     """Seconds of each of ``epochs`` epochs of ``step`` over shuffled minibatches (one host sync an epoch)."""
     import torch
@@ -150,10 +158,9 @@ def _epochs(step: Callable, n: int, batch_size: int, epochs: int, device: str) -
     seconds = []
     for epoch in range(epochs):
         start = time.perf_counter()
-        order = torch.randperm(n, device=device)
         total = torch.zeros((), device=device)
-        for k, first in enumerate(range(0, n, batch_size)):
-            total += step(order[first:first + batch_size], epoch + k * batch_size / n)
+        for cells, at in _minibatches(n, batch_size, epoch, device):
+            total += step(cells, at)
         float(total)
         seconds.append(time.perf_counter() - start)
     return seconds
@@ -174,13 +181,11 @@ def _paired(adata, recipe: str, batch_size: int, epochs: int, device: str) -> di
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     n, spent = adata.n_obs, {"fcrkit": 0.0, "hand": 0.0}
     for epoch in range(epochs):
-        order = torch.randperm(n, device=device)
-        for k, first in enumerate(range(0, n, batch_size)):
-            cells = order[first:first + batch_size]
+        for cells, at in _minibatches(n, batch_size, epoch, device):
             for who, step in (("fcrkit", ours), ("hand", hand)):
                 sync()
                 start = time.perf_counter()
-                step(cells, epoch + k * batch_size / n)
+                step(cells, at)
                 sync()
                 if epoch:
                     spent[who] += time.perf_counter() - start

@@ -65,8 +65,7 @@ def _trainer(model) -> tuple[Trainer, object]:
     _no_dropout(model.module)
     model.module.train()
     data = cell_data(model.adata, model.setup, device=torch.device("cpu"))
-    pairing = (ControlPairing.from_anndata(model.adata, model.setup, model.spec.control_pairing)
-               if model.spec.control_pairing != "none" else None)
+    pairing = ControlPairing.for_mode(model.adata, model.setup, model.spec.control_pairing)
     return Trainer(model.module, data, TrainingPlan(validation_fraction=0.0, seed=0), pairing), data
 
 

@@ -50,6 +50,11 @@ class ControlPairing:
         label = " / ".join(keys)
         return cls(codes, is_control, [f"{label}={name!r}" for name in names])
 
+    @classmethod
+    def for_mode(cls, adata: AnnData, setup: AnnDataSetup, mode: str) -> ControlPairing | None:
+        """The pairing a spec's ``control_pairing`` asks for: None for ``"none"``."""
+        return None if mode == "none" else cls.from_anndata(adata, setup, mode)
+
     def check_controls(self, mode: str) -> None:
         """Refuse data in which some covariate combination has no control cell to pair with.
 

@@ -146,9 +146,7 @@ class Model:
         device = resolve_device(accelerator)
         self.module.to(device)
         data = cell_data(self.adata, self.setup, device=device, chunk_cells=chunk_cells)  # streamed if backed
-        pairing = None
-        if self.spec.control_pairing != "none":
-            pairing = ControlPairing.from_anndata(self.adata, self.setup, self.spec.control_pairing)
+        pairing = ControlPairing.for_mode(self.adata, self.setup, self.spec.control_pairing)
         self.history = Trainer(self.module, data, plan, pairing).fit()
         # an interrupt before the first epoch ended leaves the weights as they were
         self.is_trained = self.is_trained or len(self.history) > 0

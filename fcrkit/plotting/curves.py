@@ -54,9 +54,10 @@ def loss_terms(histories: Mapping[str, History]) -> list[str]:
             + [t for t in last if t in recorded])
 
 
-def _draw(ax: Axes, histories: Mapping[str, History], term: str) -> None:
+def _draw(ax: Axes, histories: Mapping[str, History], term: str, fallback: str | None = None) -> None:
+    """One line per run of ``term`` (of ``fallback`` for a run without it), one colour per run."""
     for colour, (name, history) in enumerate(histories.items()):
-        values = history.values.get(term)
+        values = history.values.get(term) or (history.values.get(fallback) if fallback else None)
         if values:
             ax.plot(np.arange(1, len(values) + 1), values, color=f"C{colour}", label=name or None)
 
@@ -112,9 +113,7 @@ def plot_histories(histories: Mapping[str, History], path: str | Path, *, key: s
     histories = _as_histories(histories, "plot_histories")
     figure = new_figure(6, 4)
     ax = figure.subplots()
-    for colour, (name, history) in enumerate(histories.items()):
-        values = history.values.get(key) or history.values.get("loss", [])
-        ax.plot(np.arange(1, len(values) + 1), values, color=f"C{colour}", label=name or None)
+    _draw(ax, histories, key, fallback="loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel(key.replace("_", " "))
     if len(histories) > 1:

@@ -106,6 +106,18 @@ def _categories(values: Any) -> pd.Categorical:
     return category
 
 
+def _colouring(raw: Any, order: np.ndarray) -> tuple[np.ndarray, list[str] | None, list[Any] | None]:
+    """The colour values of one label set in drawing ``order``, with its levels and their colours
+    (None for a continuous label, drawn through a colour map)."""
+    values = np.asarray(raw)
+    if _is_continuous(values):
+        return values[order].astype(float), None, None
+    category = _categories(raw)
+    levels = [str(c) for c in category.categories]
+    colours = _level_colours(levels)
+    return np.asarray(colours)[np.asarray(category.codes)[order]], levels, colours
+
+
 def _check_cells(blocks: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> int:
     if not blocks or not labels:
         raise DataError(f"plot_blocks: need at least one block and one label set, got {len(blocks)} blocks and "
@@ -153,21 +165,17 @@ def plot_blocks(
     order = np.random.default_rng(seed).permutation(n_cells)
     figure = new_figure(3.2 * len(labels), 3.0 * len(blocks))
     axes = figure.subplots(len(blocks), len(labels), squeeze=False)
+    colourings = {label: _colouring(raw, order) for label, raw in labels.items()}  # shared down each column
     for row, (block, z) in enumerate(blocks.items()):
         xy, how = embed_2d(z, method=method, seed=seed)
-        for col, (label, raw) in enumerate(labels.items()):
+        for col, (label, (values, levels, colours)) in enumerate(colourings.items()):
             ax = axes[row, col]
-            values = np.asarray(raw)
-            if _is_continuous(values):
-                points = ax.scatter(xy[order, 0], xy[order, 1], c=values[order].astype(float), s=3, cmap="viridis")
+            if levels is None:  # a number per cell: a colour map and a colour bar
+                points = ax.scatter(xy[order, 0], xy[order, 1], c=values, s=3, cmap="viridis")
                 if row == len(blocks) - 1:
                     figure.colorbar(points, ax=axes[:, col], location="bottom", shrink=0.8, label=label)
             else:
-                category = _categories(raw)
-                levels = [str(c) for c in category.categories]
-                colours = _level_colours(levels)
-                codes = np.asarray(category.codes)[order]
-                ax.scatter(xy[order, 0], xy[order, 1], c=np.asarray(colours)[codes], s=3, alpha=0.7, linewidths=0)
+                ax.scatter(xy[order, 0], xy[order, 1], c=values, s=3, alpha=0.7, linewidths=0)
                 if row == len(blocks) - 1:
                     _legend(ax, levels, colours)
             if row == 0:

@@ -107,7 +107,6 @@ from fcrkit.train.trainer import (
     Trainer,
     TrainingPlan,
     _history,
-    _read_back,
     _restore,
     _snapshot,
     resolve_device,
@@ -199,9 +198,7 @@ def _train_rank(model: Any, plan: TrainingPlan, device: torch.device) -> History
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     model.module.to(device)
     data = cell_data(model.adata, model.setup, device=device)  # streamed from disk when the AnnData is backed
-    pairing = None
-    if model.spec.control_pairing != "none":
-        pairing = ControlPairing.from_anndata(model.adata, model.setup, model.spec.control_pairing)
+    pairing = ControlPairing.for_mode(model.adata, model.setup, model.spec.control_pairing)
     return DistributedTrainer(model.module, data, plan, pairing).fit()
 
 
@@ -343,7 +340,7 @@ class DistributedTrainer(Trainer):
             except (ValueError, RuntimeError) as err:
                 # a non-finite step poisons the (identical) parameters of every rank alike
                 bar.close()
-                self._raise_if_not_finite(_read_back(totals.sums, n_steps), epoch, last_good, totals, cause=err)
+                self._raise_if_not_finite(totals.means(n_steps), epoch, last_good, totals, cause=err)
                 raise
             module.eval()
             history.epoch_seconds.append(time.perf_counter() - epoch_start)

@@ -350,10 +350,10 @@ class Trainer:
                 except (ValueError, RuntimeError) as err:
                     # a non-finite step poisons the parameters; a later step may then fail inside Pyro or torch
                     bar.close()
-                    self._raise_if_not_finite(_read_back(totals.sums, n_batches), epoch, last_good, totals, cause=err)
+                    self._raise_if_not_finite(totals.means(n_batches), epoch, last_good, totals, cause=err)
                     raise
                 module.eval()
-                row = _read_back(totals.sums, n_batches)  # the one host sync of the epoch
+                row = totals.means(n_batches)  # the one host sync of the epoch
                 history.epoch_seconds.append(time.perf_counter() - epoch_start)
                 if len(val_idx):
                     row["validation_loss"] = float(self.validation_loss(val_idx))
@@ -436,6 +436,13 @@ class EpochTotals:
             else:
                 self.sums[key], self.nonfinite[key] = value, bad
 
+    def means(self, n_steps: int) -> dict[str, float]:
+        """Each term's mean over ``n_steps`` steps, read back to the host in one transfer."""
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        return dict(zip(keys, torch.stack([self.sums[k].float() for k in keys]).div(n_steps).tolist()))
+
     def first_nonfinite(self) -> str | None:
         """The term (other than the total ``loss``) that was non-finite at the most steps, if any."""
         counts = {k: int(v) for k, v in self.nonfinite.items() if k != "loss"}
@@ -449,9 +456,10 @@ def flushed_denormals() -> Iterator[None]:
 
     A decoder's softmax over thousands of genes yields probabilities and gradients far below the
     smallest normal float32 (1.2e-38) for genes a cell does not express; arithmetic on such
-    denormals takes a slow path on x86 CPUs, which made whole training steps about 15% slower
-    (docs/performance.md). Treating them as 0 changes nothing a model can resolve. GPUs flush
-    them anyway in most kernels; where the CPU has no such mode this does nothing.
+    denormals can take a slow path on x86 CPUs (how much depends on the CPU: on the AMD machine of
+    docs/performance.md the effect was within the machine's drift). Treating them as 0 changes
+    nothing a model can resolve. GPUs flush them anyway in most kernels; where the CPU has no such
+    mode this does nothing.
     """
     flushing = bool(torch.tensor([1e-39]).mul(1.0)[0] == 0)  # the mode in force now (a denormal reads as 0)
     torch.set_flush_denormal(True)
@@ -478,14 +486,6 @@ def _owns_epoch(regularizer: object, epoch: int) -> bool:
     """Alternating adversaries (``alternate_every = k``) own the k-th, 2k-th ... epochs."""
     every = int(getattr(regularizer, "alternate_every", 0))
     return every > 0 and (epoch + 1) % every == 0
-
-
-def _read_back(sums: dict[str, Tensor], n_batches: int) -> dict[str, float]:
-    keys = list(sums)
-    if not keys:
-        return {}
-    values = torch.stack([sums[k].float() for k in keys]).div(n_batches).tolist()
-    return dict(zip(keys, values))
 
 
 def _snapshot(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
