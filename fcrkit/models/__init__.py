@@ -18,3 +18,6 @@ from fcrkit.models.scgen import ScGen, scgen_spec  # noqa: E402
 from fcrkit.models.vci import VCI, vci_spec  # noqa: E402
 
 __all__ += ["VCI", "ScGen", "scgen_spec", "vci_spec"]
+from fcrkit.models.baselines import Additive, Baseline, LinearRidge, NoChange, PerturbedMean  # noqa: E402
+
+__all__ += ["Additive", "Baseline", "LinearRidge", "NoChange", "PerturbedMean"]
