@@ -142,10 +142,17 @@ class GenerativeModel(nn.Module):
         prior = self.priors[block].distribution(self.labels_for(f"{block}.prior", labels), n)
         return prior.base_dist if isinstance(prior, dist.Independent) else prior
 
-    def decode_mean(self, z: Mapping[str, Tensor], labels: Labels, library: Tensor) -> Tensor:
-        """Expected expression given block values ``z`` (on the data's scale)."""
+    def decode_mean(self, z: Mapping[str, Tensor], labels: Labels, library: Tensor, *, sample: bool = False) -> Tensor:
+        """Expected expression given block values ``z`` (on the data's scale).
+
+        With ``sample``, a draw from the likelihood instead (from torch's global random stream); draws of a
+        count likelihood are clipped at 0 (``lognorm_gaussian`` puts a little mass below 0).
+        """
         params = self.decoder(torch.cat([z[name] for name in self.priors], dim=-1), self.labels_for("decoder", labels))
-        return self.likelihood.mean(params, library)
+        if not sample:
+            return self.likelihood.mean(params, library)
+        draw = self.likelihood.distribution(params, library).sample()
+        return draw.clamp_min(0.0) if self.likelihood.input_kind == "counts" else draw
 
     def context(self, guide_trace: Trace, batch: Batch, n_obs: int, epoch: int = 0, progress: float = 0.0,
                 pairs: int = 0) -> Context:

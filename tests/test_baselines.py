@@ -160,3 +160,24 @@ def test_baseline_errors_name_the_culprit():
         trained(Additive, held).predict(cells_of(held, "a"), treatment="B")
     with pytest.raises(ConfigError, match="n_components"):
         LinearRidge(adata, n_components=0)
+
+
+@pytest.mark.parametrize("recipe", ["FCR", "ScGen"])
+def test_recipe_predict_samples_counts_from_the_likelihood(small_adata, recipe):
+    """``predict(..., sample=True)``: seeded draws whose cell average is the expected counts' (untrained weights)."""
+    args = {"n_latent": {"x": 2, "t": 2, "tx": 2}} if recipe == "FCR" else {"n_latent": 4, "n_hidden": 32}
+    model = getattr(fcrkit.models, recipe)(small_adata, **args, seed=0)
+    controls = small_adata[small_adata.obs["treatment"] == "control"]
+    options = {"from_prior": "mean"} if recipe == "FCR" else {}  # the prior mean: only the likelihood draws differ
+    expected = model.predict(controls, treatment="drug_0", **options).X
+    drawn = model.predict(controls, treatment="drug_0", sample=True, seed=1, **options).X
+    assert drawn.min() >= 0
+    if recipe == "FCR":  # NB counts with sampling zeros; scGen's log-normal draws are real-valued
+        assert np.array_equal(drawn, np.round(drawn))
+        assert (drawn == 0).mean() > 0.01 and (expected == 0).mean() == 0
+    np.testing.assert_array_equal(drawn, model.predict(controls, treatment="drug_0", sample=True, seed=1,
+                                                       **options).X)
+    assert not np.array_equal(drawn, model.predict(controls, treatment="drug_0", sample=True, seed=2, **options).X)
+    if recipe == "FCR":  # (scGen's expected counts are projected onto the library, its untrained draws are not)
+        high = expected.mean(0) > 5
+        np.testing.assert_allclose(drawn.mean(0)[high], expected.mean(0)[high], rtol=0.2)

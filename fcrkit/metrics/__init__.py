@@ -3,7 +3,9 @@
 * identifiability: :func:`mcc`, :func:`mcc_both`, :func:`block_mcc`, :func:`block_r2`, :func:`linear_r2`
 * clustering by block: :func:`cluster_labels`, :func:`cluster_scores`, :func:`block_cluster_scores`
 * response prediction: :func:`mean_log_expression`, :func:`rank_genes`, :func:`prediction_scores`,
-  :func:`additive_baseline`
+  :func:`additive_baseline`; on plain arrays (PerturBench / Systema / pertpy conventions):
+  :func:`pearson_delta`, :func:`cosine_logfc`, :func:`rmse`, :func:`normalized_rank`,
+  :func:`energy_distance`, :func:`mmd`, :func:`deg_direction`, :func:`deg_overlap`
 * independence: :func:`hsic`, :func:`hsic_torch`
 * held-out likelihood and treatment targets (sVAE): :func:`iwelbo`, :func:`likelihood_bounds`,
   :func:`likelihood_table`, :func:`target_scores`
@@ -44,3 +46,16 @@ __all__ = [
     "rank_genes",
 ]
 __all__ += ["iwelbo", "likelihood_bounds", "likelihood_table", "target_scores"]
+from fcrkit.metrics.response import (  # noqa: E402
+    cosine_logfc,
+    deg_direction,
+    deg_overlap,
+    energy_distance,
+    mmd,
+    normalized_rank,
+    pearson_delta,
+    rmse,
+)
+
+__all__ += ["cosine_logfc", "deg_direction", "deg_overlap", "energy_distance", "mmd", "normalized_rank",
+            "pearson_delta", "rmse"]

@@ -183,6 +183,7 @@ class Model:
         from_prior: str = "sample",
         batch_size: int = 1024,
         seed: int | None = None,
+        sample: bool = False,
     ) -> AnnData:
         """Counterfactual expression of the cells of ``adata`` (typically controls) under ``treatment``.
 
@@ -196,7 +197,9 @@ class Model:
         Returns:
             An AnnData with the same cells and genes whose ``X`` is the predicted mean on the scale of
             the data the model was set up with (expected counts, with each input cell's library size,
-            for count likelihoods); ``obs`` says the predicted condition.
+            for count likelihoods); ``obs`` says the predicted condition. With ``sample=True``, ``X`` is
+            one draw per cell from the likelihood instead (counts with sampling zeros, for distribution
+            metrics such as :func:`fcrkit.metrics.energy_distance`), seeded by ``seed``.
         """
         if from_prior not in ("sample", "mean"):
             raise ConfigError(f"from_prior={from_prior!r} is not 'sample' or 'mean'.")
@@ -216,11 +219,13 @@ class Model:
                 prior = self.module.prior_distribution(name, labels, len(batch.index))
                 mean = from_prior == "mean"
                 z[name] = prior.mean if mean else torch.normal(prior.mean, prior.stddev, generator=generator)
-            return self.module.decode_mean(z, labels, batch.library)
+            return self.module.decode_mean(z, labels, batch.library, sample=sample)
 
-        values = self._decode_cells(adata, decode, self._target_labels(adata, treatment, dose), batch_size)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed if seed is not None else 0)  # the likelihood's draws (sample=True)
+            values = self._decode_cells(adata, decode, self._target_labels(adata, treatment, dose), batch_size)
         return self._prediction(adata, values, treatment, dose,
-                                {"redrawn_blocks": swapped, "from_prior": from_prior})
+                                {"redrawn_blocks": swapped, "from_prior": from_prior, "sampled": sample})
 
     # -- the pieces of a prediction (recipes with their own predict, as ScGen, use them too) ----------------
     def _target_obs(self, adata: AnnData, treatment: str, dose: float | str) -> Any:

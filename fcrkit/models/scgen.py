@@ -113,14 +113,14 @@ class ScGen(Recipe):
         return np.mean([on[k] - off[k] for k in both], 0)
 
     def predict(self, adata: AnnData, treatment: str, dose: float | str = 1.0, *, balance: str = "pooled",
-                batch_size: int = 1024, seed: int | None = None) -> AnnData:
+                batch_size: int = 1024, seed: int | None = None, sample: bool = False) -> AnnData:
         """Expression of the cells of ``adata`` (controls) under ``treatment``: decode ``z + δ``.
 
         ``δ`` is :meth:`latent_shift` over the data the model is bound to (its training data, or the
         AnnData given to ``load``); ``z`` the posterior means of the cells of ``adata``. Returns an
         AnnData on the scale of the data (expected counts with each cell's library for counts).
-        scGen has no doses: ``dose`` must be 1. ``seed`` is accepted for a uniform surface (the
-        prediction is deterministic).
+        scGen has no doses: ``dose`` must be 1. ``sample=True`` draws from the likelihood instead of
+        the expected counts, seeded by ``seed`` (otherwise the prediction is deterministic).
         """
         if self.setup.treatment_key is None:
             raise ConfigError("this model was set up without a treatment_key; it cannot predict a treatment.")
@@ -132,7 +132,9 @@ class ScGen(Recipe):
 
         def decode(batch, labels):
             (loc, _), = self.module.encode(batch).values()
-            return self.module.decode_mean({"z": loc + shift}, batch.labels, batch.library)
+            return self.module.decode_mean({"z": loc + shift}, batch.labels, batch.library, sample=sample)
 
-        values = self._decode_cells(adata, decode, {}, batch_size)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed if seed is not None else 0)  # the likelihood's draws (sample=True)
+            values = self._decode_cells(adata, decode, {}, batch_size)
         return self._prediction(adata, values, treatment, dose, {"method": "latent arithmetic", "balance": balance})
