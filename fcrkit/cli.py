@@ -119,26 +119,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    """``fcrkit benchmark``: several recipes side by side on one data set (see :mod:`fcrkit.benchmark`)."""
+    """``fcrkit benchmark``: recipes and baselines side by side on one data set (see :mod:`fcrkit.benchmark`)."""
     from fcrkit.benchmark import DEFAULT_HOLD_OUT, BenchmarkConfig, run_benchmark, simulated_data
+    from fcrkit.tasks import Split
 
+    baselines = None
     if args.config is not None:
         config = BenchmarkConfig.from_toml(args.config, output_dir=args.output)
-        adata, setup, hold_out = config.load_data(), config.setup, config.hold_out
-        chosen, train, seed = config.recipes, config.train, config.seed
+        adata, setup = config.load_data(), config.setup
+        splits = config.splits(adata)
+        chosen, train, seeds, baselines = config.recipes, config.train, config.seeds or (config.seed,), config.baselines
         output = config.output_dir
     else:
         adata, setup = simulated_data(args.simulator, n_cells=args.cells, n_genes=args.genes, seed=args.seed)
-        hold_out, chosen, seed, output = DEFAULT_HOLD_OUT[args.simulator], None, args.seed, args.output
+        held = DEFAULT_HOLD_OUT[args.simulator]
+        splits = [Split("; ".join(str(h) for h in held), held)]
+        chosen, seeds, output = None, (args.seed,), args.output
         train = {"max_epochs": args.epochs, "accelerator": args.accelerator}
-    if args.recipes:
-        wanted = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if args.recipes is not None:
+        wanted = [r.strip() for r in args.recipes.split(",") if r.strip() and r.strip() != "none"]
         chosen = {name: (chosen or {}).get(name, {}) for name in wanted}
-    print(f"fcrkit benchmark: {adata.n_obs} cells x {adata.n_vars} genes; held out: "
-          + ("; ".join(str(h) for h in hold_out) or "nothing"))
-    result = run_benchmark(adata, setup, chosen, hold_out=hold_out, train=train, seed=seed, output=output)
+    if args.baselines is not None:
+        wanted = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
+        baselines = {name: (baselines or {}).get(name, {}) for name in wanted}
+    if args.seeds is not None:
+        seeds = tuple(int(v) for v in args.seeds.split(","))
+    print(f"fcrkit benchmark: {adata.n_obs} cells x {adata.n_vars} genes; {len(splits)} split(s), seeds "
+          f"{', '.join(map(str, seeds))}; held out: " + " | ".join(s.name for s in splits))
+    result = run_benchmark(adata, setup, chosen, splits=splits, baselines=baselines, train=train, seeds=seeds,
+                           output=output)
     print()
-    print(result.table.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(result.summary().to_string())
     if result.files:
         print("\nwrote " + ", ".join(str(f) for f in result.files.values()))
     return 0
@@ -204,13 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=cmd_evaluate)
 
     bench = sub.add_parser(
-        "benchmark", help="several recipes side by side on one data set and one split: one table",
-        description="Train several recipes with the same split, settings and seed, and score them alike: MCC of "
-                    "the true latents (simulated data), k-means NMI against each label, prediction of the "
-                    "held-out conditions (R² top-50 DEGs and all genes, MSE top-20) against the no-change "
-                    "answer, training time and cells/s. Prints the table, writes benchmark.csv and "
-                    "benchmark.png. Without CONFIG: all recipes on a simulator (see fcrkit.benchmark for the "
-                    "config format, which also takes an .h5ad).")
+        "benchmark", help="recipes and baselines side by side on one data set and task: one table",
+        description="Train several recipes and the baselines (NoChange, PerturbedMean, Additive, LinearRidge) on "
+                    "the same splits with the same settings, once per seed, and score them alike: MCC of the true "
+                    "latents (simulated data), k-means NMI against each label, prediction of the held-out "
+                    "conditions (PearsonΔ, PearsonΔ20, Systema's PearsonΔ against the perturbed mean, cosine "
+                    "logFC, RMSE, normalised rank, DEG direction and overlap, energy distance, MMD, R²), training "
+                    "time. Prints mean ± sd over splits and seeds, writes benchmark.csv (means), "
+                    "benchmark_sd.csv, benchmark_runs.csv, benchmark_conditions.csv and benchmark.png. Without "
+                    "CONFIG: all recipes on a simulator (see fcrkit.benchmark for the config format, which also "
+                    "takes an .h5ad and a [task]).")
     bench.add_argument("config", nargs="?", help="benchmark config (.toml); without it, a simulator is used")
     bench.add_argument("--simulator", default="interaction", choices=("interaction", "basic"))
     bench.add_argument("--cells", type=int, default=3000)
@@ -218,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=40)
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--accelerator", default="auto", help="auto, cpu or cuda")
-    bench.add_argument("--recipes", help="comma-separated recipe names (default: every recipe)")
+    bench.add_argument("--recipes", help="comma-separated recipe names (default: every recipe; 'none' for none)")
+    bench.add_argument("--baselines", help="comma-separated baseline names (default: NoChange, PerturbedMean, "
+                       "Additive, LinearRidge; 'none' for none)")
+    bench.add_argument("--seeds", help="comma-separated seeds, each a full run (default: --seed, or the config's)")
     bench.add_argument("--output", default=None, help="folder for the table and the plot (config: [output] dir)")
     bench.set_defaults(run=cmd_benchmark)
     return parser

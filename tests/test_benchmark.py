@@ -5,36 +5,80 @@ from __future__ import annotations
 import math
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 
+import fcrkit
 import fcrkit.cli
-from fcrkit.benchmark import BenchmarkConfig, HoldOut, run_benchmark, simulated_data
+from fcrkit import tasks
+from fcrkit.benchmark import BenchmarkConfig, HoldOut, condition_scores, run_benchmark, simulated_data
 from fcrkit.errors import ConfigError
 
 FAST = {"max_epochs": 4, "batch_size": 128, "accelerator": "cpu"}
 
 
-def test_recipes_are_scored_alike_on_one_split(tmp_path):
+def test_recipes_and_baselines_are_scored_alike_on_one_split(tmp_path):
     adata, setup = simulated_data("interaction", n_cells=600, n_genes=60, seed=0)
     before = adata.copy()
     result = run_benchmark(adata, setup, {"SCVI": {}, "FCR": {}}, train=FAST, progress=None,
-                           hold_out=[HoldOut("covariate", "cov_0", "drug_0")], output=tmp_path / "bench")
+                           hold_out=[HoldOut("covariate", "cov_0", "drug_0"), HoldOut("covariate", "cov_1", "drug_1")],
+                           output=tmp_path / "bench")
     table = result.table
-    assert list(table.index) == ["SCVI", "FCR", "no change"]
+    assert list(table.index) == ["SCVI", "FCR", "NoChange", "PerturbedMean", "Additive", "LinearRidge"]
     for name in ("SCVI", "FCR"):
         assert 0 < table.loc[name, "mcc"] <= 1
         assert 0 <= table.loc[name, "nmi_covariate"] <= 1 and 0 <= table.loc[name, "nmi_treatment"] <= 1
         assert table.loc[name, "train_s"] > 0 and table.loc[name, "cells_per_s"] > 0 and table.loc[name, "epochs"] == 4
-    # scVI has no treatment-dependent part: it cannot predict; FCR and the no-change answer can
-    assert math.isnan(table.loc["SCVI", "r2_top50"])
-    assert all(math.isfinite(table.loc[r, k]) for r in ("FCR", "no change") for k in ("r2_top50", "mse_top20"))
+    # scVI has no treatment-dependent part: it cannot predict; FCR and the baselines can
+    assert math.isnan(table.loc["SCVI", "pearson_delta20"]) and math.isnan(table.loc["SCVI", "r2_top50"])
+    for row in ("FCR", "NoChange", "Additive", "LinearRidge", "PerturbedMean"):
+        assert all(math.isfinite(table.loc[row, k]) for k in ("r2_top50", "rmse", "energy_distance", "normalized_rank"))
+    assert math.isnan(table.loc["NoChange", "pearson_delta"])  # no change: no correlation, NaN not 0
+    # on a simulator with shared drug effects the additive answer beats no change by a wide margin
+    assert table.loc["Additive", "rmse"] < 0.7 * table.loc["NoChange", "rmse"]
     # the latent sizes default to the true ones of the simulated data
     assert result.models["FCR"].spec.block_dims == {b: adata.obsm[f"z_{b}"].shape[1] for b in ("x", "t", "tx")}
     saved = pd.read_csv(result.files["table"], index_col="recipe")
     pd.testing.assert_frame_equal(saved, table, check_dtype=False)
+    assert len(result.conditions) == 2 * 5  # two conditions for each model that predicts
     assert result.files["plot"].stat().st_size > 10_000
     assert adata.n_obs == before.n_obs and "fcrkit" not in adata.uns  # the caller's data is not modified
+
+
+def test_condition_scores_follow_the_metric_definitions():
+    rng = np.random.default_rng(0)
+    controls = rng.poisson(5, (40, 30))
+    truth = rng.poisson(np.r_[np.full(10, 15), np.full(20, 5)], (40, 30))
+    m = fcrkit.metrics.mean_log_expression
+    perfect = condition_scores(truth, truth, truth, controls, m(controls[:20]), lambda x: x[:, :5].astype(float))
+    assert perfect["pearson_delta"] == pytest.approx(1) and perfect["pearson_delta20"] == pytest.approx(1)
+    assert perfect["rmse"] == 0
+    assert perfect["deg_overlap20"] == 1 and perfect["energy_distance"] == 0 and perfect["deg_direction20"] == 1
+    degs = fcrkit.metrics.rank_genes(truth, controls, n_genes=30)[:20]
+    half = (m(truth) + m(controls)) / 2
+    scores = condition_scores(truth, controls, controls, controls, None)
+    assert math.isnan(scores["pearson_delta_pm"]) and "energy_distance" not in scores
+    assert scores["rmse20"] == pytest.approx(fcrkit.metrics.rmse(m(truth), m(controls), degs))
+    assert scores["rmse20"] == pytest.approx(2 * fcrkit.metrics.rmse(m(truth), half, degs))
+
+
+def test_seeds_and_task_splits_give_mean_and_sd(tmp_path):
+    adata, setup = simulated_data("interaction", n_cells=400, n_genes=30, seed=0)
+    splits = tasks.covariate_transfer(adata.obs, "treatment", "covariate", treatment="drug_0", n_pairs=2, folds=True,
+                                      min_cells=10)
+    result = run_benchmark(adata, setup, {"IVAE": {}}, splits=splits, baselines=["NoChange", "Additive"],
+                           train={**FAST, "max_epochs": 2}, seeds=[0, 1], progress=None)
+    assert list(result.runs["seed"]) == [0, 0, 0, 1, 1, 1] * 2 and result.runs["split"].nunique() == 2
+    for name in ("IVAE", "Additive"):
+        runs = result.runs[result.runs["recipe"] == name]
+        assert table_value(result.table, name, "rmse") == pytest.approx(runs["rmse"].mean())
+        assert table_value(result.sd, name, "rmse") == pytest.approx(runs["rmse"].std(ddof=1))
+    assert "±" in result.summary().loc["IVAE", "rmse"]
+
+
+def table_value(table, row, column):
+    return float(table.loc[row, column])
 
 
 def write(tmp_path, text: str):
@@ -61,7 +105,7 @@ def test_config_file_runs_through_the_cli(tmp_path, capsys):
     """)
     assert fcrkit.cli.main(["benchmark", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "BetaVAE" in out and "no change" in out and "held out: covariate=cov_0, treatment=drug_0" in out
+    assert "BetaVAE" in out and "NoChange" in out and "held out: covariate=cov_0, treatment=drug_0" in out
     assert (tmp_path / "out" / "benchmark.csv").is_file() and (tmp_path / "out" / "benchmark.png").is_file()
 
 

@@ -118,3 +118,11 @@ def test_response_metric_errors_name_the_argument():
         metrics.deg_direction(np.zeros(3), np.zeros(3), np.zeros(3), None)
     with pytest.raises(DataError, match="at least k=5"):
         metrics.deg_overlap([0, 1], [1, 0], k=5)
+
+
+def test_a_no_change_prediction_stored_as_float32_has_no_correlation(rng):
+    ctrl = np.log1p(rng.gamma(2.0, 3.0, 200))
+    stored = np.log1p(np.expm1(ctrl).astype(np.float32).astype(np.float64))  # float32 rounding noise only
+    true = ctrl + rng.normal(size=200)
+    assert np.isnan(metrics.pearson_delta(true, stored, ctrl))
+    assert np.isnan(metrics.cosine_logfc(true, stored, ctrl))

@@ -9,6 +9,8 @@
 * independence: :func:`hsic`, :func:`hsic_torch`
 * held-out likelihood and treatment targets (sVAE): :func:`iwelbo`, :func:`likelihood_bounds`,
   :func:`likelihood_table`, :func:`target_scores`
+* posterior predictive checks (scvi-tools' criticism): :func:`posterior_predictive_check`,
+  :func:`ppc_compare`, :func:`gene_statistics`
 * reference representations and neighbours: :func:`log_normalize`, :func:`pca_embedding`,
   :func:`knn_accuracy`
 """
@@ -59,3 +61,6 @@ from fcrkit.metrics.response import (  # noqa: E402
 
 __all__ += ["cosine_logfc", "deg_direction", "deg_overlap", "energy_distance", "mmd", "normalized_rank",
             "pearson_delta", "rmse"]
+from fcrkit.metrics.ppc import PPCResult, gene_statistics, posterior_predictive_check, ppc_compare  # noqa: E402
+
+__all__ += ["PPCResult", "gene_statistics", "posterior_predictive_check", "ppc_compare"]

@@ -51,16 +51,26 @@ def _vectors(func: str, genes: ArrayLike | None, **named: Any) -> list[np.ndarra
     return [v[index] for v in out]
 
 
+def _constant(change: np.ndarray, reference: np.ndarray) -> bool:
+    """A change vector constant up to float32 rounding (range below 1e-6 of the reference's scale).
+
+    Predictions stored as float32 counts carry rounding noise of about 1e-7 in log space; a no-change
+    prediction must not get a correlation from it.
+    """
+    return bool(np.ptp(change) <= 1e-6 * max(1.0, float(np.abs(reference).max(initial=0.0))))
+
+
 def pearson_delta(true: ArrayLike, pred: ArrayLike, reference: ArrayLike, genes: ArrayLike | None = None) -> float:
     """Pearson r of ``pred - reference`` and ``true - reference`` over ``genes`` (``scipy.stats.pearsonr``).
 
     ``reference`` is the controls of the cells' covariate (PearsonΔ; with the top-20 DEGs as ``genes``,
     PearsonΔ20) or the mean of all perturbed training cells (Systema). A constant change vector (e.g. a
-    no-change prediction against the controls) has no correlation: NaN, not 0.
+    no-change prediction against the controls; constant up to float32 rounding, a range below 1e-6 of the
+    reference's largest value) has no correlation: NaN, not 0.
     """
     t, p, r = _vectors("pearson_delta", genes, true=true, pred=pred, reference=reference)
     dt, dp = t - r, p - r
-    if len(dt) < 2 or np.ptp(dt) == 0 or np.ptp(dp) == 0:
+    if len(dt) < 2 or _constant(dt, r) or _constant(dp, r):
         return float("nan")
     return float(pearsonr(dp, dt)[0])
 
@@ -69,12 +79,15 @@ def cosine_logfc(true: ArrayLike, pred: ArrayLike, control: ArrayLike, genes: Ar
     """Cosine similarity of ``pred - control`` and ``true - control`` (PerturBench's cosine logFC).
 
     The difference of two ``log1p`` mean vectors is the log fold-change. Computed with numpy
-    (``a·b / (|a| |b|)``); NaN when either change is the zero vector.
+    (``a·b / (|a| |b|)``); NaN when either change is zero up to float32 rounding (all its entries within
+    1e-6 of the control's largest value).
     """
     t, p, c = _vectors("cosine_logfc", genes, true=true, pred=pred, control=control)
     dt, dp = t - c, p - c
-    norm = np.linalg.norm(dt) * np.linalg.norm(dp)
-    return float(dt @ dp / norm) if norm > 0 else float("nan")
+    tiny = 1e-6 * max(1.0, float(np.abs(c).max(initial=0.0)))
+    if np.abs(dt).max(initial=0.0) <= tiny or np.abs(dp).max(initial=0.0) <= tiny:
+        return float("nan")
+    return float(dt @ dp / (np.linalg.norm(dt) * np.linalg.norm(dp)))
 
 
 def rmse(true: ArrayLike, pred: ArrayLike, genes: ArrayLike | None = None) -> float:

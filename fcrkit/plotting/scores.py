@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ from fcrkit.errors import DataError
 from fcrkit.plotting._figure import new_figure, save
 
 #: The benchmark columns drawn, in this order (plus every ``nmi_<label>`` after ``mcc``), when present.
-BENCHMARK_COLUMNS = ("mcc", "r2_top50", "r2_all", "mse_top20", "train_s")
+BENCHMARK_COLUMNS = ("mcc", "pearson_delta20", "pearson_delta_pm", "cosine_logfc", "rmse", "normalized_rank",
+                     "deg_direction20", "energy_distance", "r2_top50", "r2_all", "mse_top20", "train_s")
 
 
 def plot_block_r2(matrix: Any, path: str | Path, *, title: str | None = None) -> Path:
@@ -59,16 +61,18 @@ def plot_block_r2(matrix: Any, path: str | Path, *, title: str | None = None) ->
     return save(figure, path)
 
 
-def plot_benchmark(table: pd.DataFrame, path: str | Path) -> Path:
+def plot_benchmark(table: pd.DataFrame, path: str | Path, *, errors: pd.DataFrame | None = None,
+                   baselines: Sequence[str] = ("no change",)) -> Path:
     """The benchmark table (:func:`fcrkit.benchmark.run_benchmark`) as a figure: one bar chart per score.
 
-    Rows are recipes (the first on top; the ``no change`` baseline in grey); columns with no finite
+    Rows are recipes (the first on top; the rows named in ``baselines`` in grey); columns with no finite
     value are left out and NaN bars are drawn as 0.
 
     Args:
-        table: one row per recipe; columns among ``mcc``, ``nmi_<label>``, ``r2_top50``, ``r2_all``,
-            ``mse_top20`` and ``train_s``.
+        table: one row per recipe; columns among ``mcc``, ``nmi_<label>`` and :data:`BENCHMARK_COLUMNS`.
         path: file to write.
+        errors: the same shape as ``table``, drawn as error bars (e.g. the standard deviation over seeds).
+        baselines: the rows drawn in grey.
 
     Returns:
         The path written.
@@ -84,10 +88,13 @@ def plot_benchmark(table: pd.DataFrame, path: str | Path) -> Path:
     figure = new_figure(2.6 * len(columns), 0.35 * len(table) + 1.6)
     axes = figure.subplots(1, len(columns), sharey=True, squeeze=False)[0]
     names = [str(i) for i in table.index][::-1]  # barh draws bottom-up: reverse so the first recipe is on top
-    colours = ["#bbbbbb" if name == "no change" else "#4477aa" for name in names]
+    colours = ["#bbbbbb" if name in set(baselines) else "#4477aa" for name in names]
     for ax, column in zip(axes, columns):
         values = table[column].to_numpy(dtype=float)[::-1]
-        ax.barh(names, np.nan_to_num(values), color=colours)
+        xerr = None
+        if errors is not None and column in errors.columns:
+            xerr = np.nan_to_num(errors.reindex(table.index)[column].to_numpy(dtype=float)[::-1])
+        ax.barh(names, np.nan_to_num(values), color=colours, xerr=xerr)
         ax.set_title(column.replace("_", " "), fontsize=9)
         ax.tick_params(labelsize=8)
     return save(figure, path)
