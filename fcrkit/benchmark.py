@@ -112,7 +112,7 @@ class BenchmarkResult:
         def cell(mean: float, sd: float) -> str:
             if not np.isfinite(mean):
                 return "–"
-            return f"{mean:.{digits}g}" + (f" ± {sd:.2g}" if np.isfinite(sd) else "")
+            return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if np.isfinite(sd) else "")
 
         sd = self.sd.reindex_like(self.table) if not self.sd.empty else self.table * np.nan
         return pd.DataFrame({c: [cell(m, e) for m, e in zip(self.table[c], sd[c])] for c in self.table.columns},

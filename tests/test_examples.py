@@ -172,13 +172,14 @@ def test_benchmark_config_runs_through_the_cli(tmp_path):
               tmp_path).stdout
     assert "held out: covariate=cov_0, treatment=drug_0" in out and "wrote" in out
     table = pd.read_csv(tmp_path / "bench" / "benchmark.csv", index_col="recipe")
-    assert list(table.index) == ["FCR", "IVAE", "CPA", "BetaVAE", "no change"]
+    assert list(table.index) == ["FCR", "IVAE", "CPA", "BetaVAE", "NoChange", "PerturbedMean", "Additive",
+                                 "LinearRidge"]
     models = ["FCR", "IVAE", "CPA", "BetaVAE"]
     assert ((table.loc[models, "mcc"] > 0.2) & (table.loc[models, "mcc"] <= 1)).all()
     assert (table.loc[models, "epochs"] == 25).all() and (table.loc[models, "train_s"] > 0).all()
     assert table.loc["BetaVAE", ["r2_top50", "r2_all"]].isna().all()  # no treatment-dependent part
     for recipe in ("FCR", "IVAE", "CPA"):  # every model that can predict beats the no-change answer
-        assert table.loc[recipe, "r2_top50"] > table.loc["no change", "r2_top50"] + 0.2
+        assert table.loc[recipe, "r2_top50"] > table.loc["NoChange", "r2_top50"] + 0.2
     for recipe in models:  # the printed table is the written one
         assert re.search(rf"^{recipe}\s+{table.loc[recipe, 'mcc']:.3f}", out, flags=re.MULTILINE)
     assert (tmp_path / "bench" / "benchmark.png").stat().st_size > 10_000

@@ -196,7 +196,7 @@ def test_benchmark_writes_its_figure(tmp_path):
     del train["seed"]  # the benchmark sets every recipe's seed itself
     result = run_benchmark(adata, setup, {"FCR": {}}, hold_out=[HoldOut("covariate", "cov_0", "drug_0")],
                            train=train, output=tmp_path, progress=None)
-    assert list(result.table.index) == ["FCR", "no change"]
+    assert list(result.table.index) == ["FCR", "NoChange", "PerturbedMean", "Additive", "LinearRidge"]
     assert_real_png(result.files["plot"], tmp_path / "benchmark.png")
     with pytest.raises(DataError, match="no score to draw"):
         plot_benchmark(result.table[["epochs"]], tmp_path / "x.png")
