@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 
 import numpy as np
@@ -141,4 +142,50 @@ def test_unknown_simulator_is_named(tmp_path):
         dir = "out"
     """)
     with pytest.raises(ConfigError, match="'interactoin'.*Did you mean 'interaction'"):
+        BenchmarkConfig.from_toml(path)
+
+
+def test_a_task_seeds_and_baselines_from_the_config(tmp_path, capsys):
+    path = write(tmp_path, """
+        seeds = [0, 1]
+
+        [data]
+        simulator = "interaction"
+        simulator_args = { n_cells = 400, n_genes = 30 }
+
+        [task]
+        kind = "covariate_transfer"
+        covariate_key = "covariate"
+        treatment = "drug_0"
+        folds = true
+        min_cells = 10
+
+        [recipes]
+
+        [baselines]
+        NoChange = {}
+        LinearRidge = { n_components = 2 }
+
+        [output]
+        dir = "out"
+    """)
+    config = BenchmarkConfig.from_toml(path)
+    assert config.seeds == (0, 1) and config.baselines == {"NoChange": {}, "LinearRidge": {"n_components": 2}}
+    splits = config.splits(config.load_data())
+    assert [s.hold_out[0].value for s in splits] == ["cov_0", "cov_1", "cov_2"]
+    assert fcrkit.cli.main(["benchmark", str(path)]) == 0
+    runs = pd.read_csv(tmp_path / "out" / "benchmark_runs.csv")
+    assert len(runs) == 3 * 2 * 2 and set(runs["recipe"]) == {"NoChange", "LinearRidge"}
+    assert "LinearRidge" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("section", "expected"), [
+    ('[task]\nkind = "covariate_transfr"\ncovariate_key = "covariate"', "Did you mean 'covariate_transfer'?"),
+    ('[task]\nkind = "combinations"\ncovariate_key = "covariate"\nfolds = true', "unknown key 'folds'"),
+    ("[baselines]\nAdditve = {}", "Did you mean 'Additive'?"),
+])
+def test_task_and_baseline_errors_name_the_key(tmp_path, section, expected):
+    path = tmp_path / "bench.toml"
+    path.write_text(f'[data]\nsimulator = "interaction"\n\n[recipes]\n\n{section}\n\n[output]\ndir = "out"\n')
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         BenchmarkConfig.from_toml(path)
