@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,9 +56,6 @@ class Baseline:
         target_sum: counts per cell after library normalisation (the metrics' 1e4).
         seed: unused (a baseline has no random initialisation); accepted for the recipes' surface.
     """
-
-    #: Whether the baseline's prediction depends on the target treatment (NoChange's does not).
-    uses_treatment: ClassVar[bool] = True
 
     def __init__(self, adata: AnnData, *, target_sum: float = 1e4, seed: int | None = None):
         _check_adata(adata)
@@ -223,16 +220,12 @@ class Baseline:
 class NoChange(Baseline):
     """The cells' own controls: the profile of the training controls of each cell's group, whatever the treatment."""
 
-    uses_treatment = False
-
     def _profile(self, group: Group, parts: tuple[str, ...]) -> np.ndarray:
         return self.control(group)
 
 
 class PerturbedMean(Baseline):
     """Systema's reference: the profile of all perturbed training cells pooled (same for every group and treatment)."""
-
-    uses_treatment = False
 
     def _profile(self, group: Group, parts: tuple[str, ...]) -> np.ndarray:
         if self.perturbed_profile is None:
