@@ -186,7 +186,7 @@ def _scores(model: Any, train_data: AnnData, conditions: list[_Condition], setup
     from fcrkit import metrics
     from fcrkit.data.anndata import get_matrix
 
-    latent = np.hstack(list(model.get_latent_representation().values()))
+    latent = np.hstack(list(model.get_latent_representation(as_dict=True).values()))
     scores: dict[str, float] = {}
     if "z_true" in train_data.obsm:
         scores["mcc"] = float(metrics.mcc(train_data.obsm["z_true"], latent, seed=seed).value)
@@ -297,16 +297,16 @@ class BenchmarkConfig:
                    seed)
 
     def load_data(self) -> AnnData:
-        """The simulated or read data (the most variable genes of the training cells, if asked)."""
+        """The simulated or read data (the highly variable genes of the training cells, if asked)."""
         if self.simulator is not None:
             return simulated_data(self.simulator, **self.simulator_args)[0]
-        from fcrkit.data.anndata import get_matrix
-        from fcrkit.workflow import hold_out_mask, most_variable_genes, read_data
+        from fcrkit.data.genes import highly_variable_genes
+        from fcrkit.workflow import hold_out_mask, read_data
 
         assert self.data_path is not None
         adata = read_data(self.data_path)
         if self.n_top_genes is not None and self.n_top_genes < adata.n_vars:
             held = hold_out_mask(adata.obs, self.hold_out, self.setup.get("treatment_key"))
-            genes = most_variable_genes(get_matrix(adata[~held], self.setup.get("layer")), self.n_top_genes)
-            adata = adata[:, genes].copy()
+            genes = highly_variable_genes(adata[~held], self.n_top_genes, layer=self.setup.get("layer"), inplace=False)
+            adata = adata[:, genes["highly_variable"].to_numpy()].copy()
         return adata

@@ -11,17 +11,53 @@
   :func:`knn_accuracy`
 """
 
-from fcrkit.metrics._validation import OptionalDependencyError
-from fcrkit.metrics.baselines import log_normalize, pca_embedding
-from fcrkit.metrics.clustering import block_cluster_scores, cluster_labels, cluster_scores
-from fcrkit.metrics.identifiability import MCCResult, block_mcc, block_r2, linear_r2, mcc, mcc_both
-from fcrkit.metrics.independence import HSICResult, hsic, hsic_torch
-from fcrkit.metrics.likelihood import iwelbo, likelihood_bounds, likelihood_table
-from fcrkit.metrics.neighbors import knn_accuracy
-from fcrkit.metrics.prediction import additive_baseline, mean_log_expression, prediction_scores, rank_genes
-from fcrkit.metrics.targets import target_scores
+from __future__ import annotations
 
-__all__ = [
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Each name is imported from its module on first use (PEP 562): scikit-learn and scipy.stats, which
+# most metrics need, cost about a second to import, and ``import fcrkit`` should not pay it.
+_MODULES = {
+    "_validation": ["OptionalDependencyError"],
+    "baselines": ["log_normalize", "pca_embedding"],
+    "clustering": ["block_cluster_scores", "cluster_labels", "cluster_scores"],
+    "identifiability": ["MCCResult", "block_mcc", "block_r2", "linear_r2", "mcc", "mcc_both"],
+    "independence": ["HSICResult", "hsic", "hsic_torch"],
+    "likelihood": ["iwelbo", "likelihood_bounds", "likelihood_table"],
+    "neighbors": ["knn_accuracy"],
+    "prediction": ["additive_baseline", "mean_log_expression", "prediction_scores", "rank_genes"],
+    "targets": ["target_scores"],
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from fcrkit.metrics._validation import OptionalDependencyError
+    from fcrkit.metrics.baselines import log_normalize, pca_embedding
+    from fcrkit.metrics.clustering import block_cluster_scores, cluster_labels, cluster_scores
+    from fcrkit.metrics.identifiability import MCCResult, block_mcc, block_r2, linear_r2, mcc, mcc_both
+    from fcrkit.metrics.independence import HSICResult, hsic, hsic_torch
+    from fcrkit.metrics.likelihood import iwelbo, likelihood_bounds, likelihood_table
+    from fcrkit.metrics.neighbors import knn_accuracy
+    from fcrkit.metrics.prediction import additive_baseline, mean_log_expression, prediction_scores, rank_genes
+    from fcrkit.metrics.targets import target_scores
+
+
+def __getattr__(name: str) -> Any:
+    """Import a metric's module when the metric is first asked for."""
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
+
+
+__all__ = [  # the names of _MODULES (tests/test_import.py checks they agree)
     "HSICResult",
     "MCCResult",
     "OptionalDependencyError",
@@ -33,7 +69,10 @@ __all__ = [
     "cluster_scores",
     "hsic",
     "hsic_torch",
+    "iwelbo",
     "knn_accuracy",
+    "likelihood_bounds",
+    "likelihood_table",
     "linear_r2",
     "log_normalize",
     "mcc",
@@ -42,5 +81,5 @@ __all__ = [
     "pca_embedding",
     "prediction_scores",
     "rank_genes",
+    "target_scores",
 ]
-__all__ += ["iwelbo", "likelihood_bounds", "likelihood_table", "target_scores"]
