@@ -1,7 +1,9 @@
 """The user's object: a composed model bound to an AnnData.
 
 :class:`Model` gives every recipe the same surface: ``train``, ``get_latent_representation``,
-``save`` and ``load``. A recipe is a subclass whose ``__init__`` writes a spec.
+``get_normalized_expression``, ``predict``, ``save`` and ``load``. A recipe is a subclass whose
+``__init__`` writes a spec. Cells other than the training cells, given to any of them, are checked as
+the training cells were (finite values of the kind the likelihood models, unique gene names).
 """
 
 from __future__ import annotations
