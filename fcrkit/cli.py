@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="FCR and two baselines on the built-in simulator: a table and plots",
         description="Simulate cells with known latent blocks, train FCR, a β-VAE and scVI on them, and print how "
-                    "well each recovers the blocks (about 3 minutes on 2 CPU cores; --quick: a smaller run in well "
-                    "under a minute, to check that everything works).")
+                    "well each recovers the blocks (about 2 minutes on 2 idle CPU cores). --quick simulates a fifth of "
+                    "the cells and trains a quarter of the epochs, to check quickly that everything works.")
     for flag, (full, quick, what) in DEMO_SIZES.items():
         demo.add_argument(f"--{flag}", type=int, default=None, metavar="N",
                           help=f"{what} (default: {full}; with --quick: {quick})")
