@@ -74,7 +74,7 @@ def main() -> None:
     # target recovery on the seen treatments: match learned to true dimensions, then compare the masks
     old = [t for t in treatments if t not in new]
     rows = [treatments.index(t) for t in old]
-    matching = mcc(seen.obsm["z_true"], model.get_latent_representation()["X_svae"]).matching
+    matching = mcc(seen.obsm["z_true"], model.get_latent_representation()).matching
     scores = target_scores(sim["targets"][rows], model.learned_targets().loc[old].to_numpy(), matching)
     p = float(sim["targets"][rows].mean())  # fraction of true targets: the precision of any random mask
     random_f1 = 2 * p * scores["density"] / (p + scores["density"])

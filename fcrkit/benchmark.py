@@ -302,7 +302,7 @@ def _dense(matrix: Any) -> np.ndarray:
 def _latent_scores(model: Any, train_data: AnnData, setup: Mapping[str, Any], seed: int) -> dict[str, float]:
     from fcrkit import metrics
 
-    blocks = model.get_latent_representation()
+    blocks = model.get_latent_representation(as_dict=True)
     if not blocks:  # a baseline
         return {}
     latent = np.hstack(list(blocks.values()))
@@ -490,11 +490,11 @@ class BenchmarkConfig:
                                         control_value=self.setup.get("control_value", "control"), **args)
 
     def load_data(self) -> AnnData:
-        """The simulated or read data (the most variable genes of the cells every split trains on, if asked)."""
+        """The simulated or read data (the highly variable genes of the cells every split trains on, if asked)."""
         if self.simulator is not None:
             return simulated_data(self.simulator, **self.simulator_args)[0]
-        from fcrkit.data.anndata import get_matrix
-        from fcrkit.workflow import most_variable_genes, read_data
+        from fcrkit.data.genes import highly_variable_genes
+        from fcrkit.workflow import read_data
 
         assert self.data_path is not None
         adata = read_data(self.data_path)
@@ -502,8 +502,8 @@ class BenchmarkConfig:
             held = np.zeros(adata.n_obs, dtype=bool)
             for split in self.splits(adata):  # no split's held-out cells choose the genes
                 held |= split.held_out_mask(adata.obs, self.setup["treatment_key"])
-            genes = most_variable_genes(get_matrix(adata[~held], self.setup.get("layer")), self.n_top_genes)
-            adata = adata[:, genes].copy()
+            genes = highly_variable_genes(adata[~held], self.n_top_genes, layer=self.setup.get("layer"), inplace=False)
+            adata = adata[:, genes["highly_variable"].to_numpy()].copy()
         return adata
 
 

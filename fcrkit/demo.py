@@ -92,7 +92,7 @@ def run_demo(
         histories[name] = model.train(max_epochs=epochs, batch_size=256, lr=3e-3, seed=seed,
                                       accelerator=accelerator, progress_bar=progress_bar)
         seconds = time.perf_counter() - start
-        latent = model.get_latent_representation()
+        latent = model.get_latent_representation(as_dict=True)
         latents[name] = latent
         rows.append({"method": name, **_mcc_columns(true, np.hstack(list(latent.values()))), "train s": seconds})
     pca = pca_embedding(get_matrix(adata, None), n_latent, seed=seed)

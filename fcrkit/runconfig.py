@@ -7,7 +7,7 @@
     treatment_key = "sample"        # the other keys are the arguments of fcrkit.setup_anndata
     control_value = "CTRL"
     covariate_keys = ["cell_type"]
-    n_top_genes = 1000              # optional: keep the most variable genes of the training cells
+    n_top_genes = 1000              # optional: keep the highly variable genes (Seurat v3) of the training cells
     hold_out = { key = "cell_type", value = "CD14 Mono", treatment = "STIM" }
 
     [model]
@@ -95,7 +95,8 @@ class RunConfig:
         data_path: the .h5ad file, resolved.
         setup: keyword arguments of :func:`fcrkit.setup_anndata`.
         hold_out: the held-out selections (empty: train on every cell).
-        n_top_genes: keep this many most variable genes (None: all).
+        n_top_genes: keep this many highly variable genes of the training cells (None: all), chosen by
+            :func:`fcrkit.data.highly_variable_genes`.
         recipe: name of the recipe class in :mod:`fcrkit.models`, or None when ``spec`` is given.
         recipe_args: the recipe's arguments.
         spec: the :class:`~fcrkit.spec.ModelSpec` (given, or written by the recipe).

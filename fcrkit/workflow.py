@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from fcrkit.data.anndata import AnnDataSetup, get_matrix, setup_anndata, split_treatment
+from fcrkit.data.anndata import AnnDataSetup, check_unique_genes, get_matrix, setup_anndata, split_treatment
+from fcrkit.data.genes import highly_variable_genes
 from fcrkit.errors import ConfigError, DataError, FcrkitError, did_you_mean, listing
 from fcrkit.runconfig import HoldOut, RunConfig
 
@@ -79,8 +80,9 @@ def fit(config: RunConfig | str | os.PathLike, *, output_dir: str | os.PathLike 
         raise DataError(f"{config.line('data', 'hold_out')}: hold_out selects all {adata.n_obs} cells; nothing "
                         "is left to train on.")
     if config.n_top_genes is not None and config.n_top_genes < adata.n_vars:
-        genes = most_variable_genes(get_matrix(adata[~held], config.setup.get("layer")), config.n_top_genes)
-        adata = adata[:, genes].copy()
+        # the training cells choose the genes (Seurat v3's highly variable genes of their counts)
+        genes = highly_variable_genes(adata[~held], config.n_top_genes, layer=config.setup.get("layer"), inplace=False)
+        adata = adata[:, genes["highly_variable"].to_numpy()].copy()
     train = adata[~held].copy()
     try:
         setup_anndata(train, **config.setup)
@@ -110,7 +112,7 @@ def _write_run(out: Path, config: RunConfig, model: Any, adata: AnnData, held: n
     known = known_cells(model.setup, adata.obs)  # held-out cells of a label never trained on have no latent
     if not known.all():
         adata = adata[known].copy()
-    adata.obsm.update(model.get_latent_representation(adata))
+    adata.obsm.update(model.get_latent_representation(adata, as_dict=True))
     files["latents"] = out / "latents.h5ad"
     adata.write_h5ad(files["latents"])
     files["history"] = out / "history.csv"
@@ -162,17 +164,6 @@ def hold_out_mask(obs: pd.DataFrame, hold_out: Sequence[HoldOut], treatment_key:
     return mask
 
 
-def most_variable_genes(matrix: Any, n: int) -> np.ndarray:
-    """Indices (sorted) of the ``n`` genes with the largest variance of log-normalised expression."""
-    from fcrkit.metrics import log_normalize
-
-    x = log_normalize(matrix)
-    mean = np.asarray(x.mean(axis=0)).ravel()
-    square = x.multiply(x) if hasattr(x, "multiply") else x * x
-    var = np.asarray(square.mean(axis=0)).ravel() - mean**2
-    return np.sort(np.argsort(-var, kind="stable")[:n])
-
-
 def history_frame(values: Mapping[str, Sequence[float]]) -> pd.DataFrame:
     """The per-epoch losses as a table (epochs from 1; a shorter series is padded with NaN)."""
     frame = pd.DataFrame({k: pd.Series(v, dtype=float) for k, v in values.items()})
@@ -184,14 +175,16 @@ def history_frame(values: Mapping[str, Sequence[float]]) -> pd.DataFrame:
 
 
 def read_data(path: str | os.PathLike) -> AnnData:
-    """Read an .h5ad file; a missing or unreadable file is a DataError naming it."""
+    """Read an .h5ad file; a missing or unreadable file, or duplicated gene names, is a DataError naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist.")
     try:
-        return ad.read_h5ad(path)
+        adata = ad.read_h5ad(path)
     except (OSError, KeyError, ValueError, TypeError) as err:  # h5py and anndata raise many kinds
         raise DataError(f"cannot read {str(path)!r} as an .h5ad file: {err}") from None
+    check_unique_genes(adata, f"data file {str(path)!r}")  # genes are selected and matched by name
+    return adata
 
 
 def resolve_run(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
@@ -324,7 +317,7 @@ def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, output:
     adata = adata[known_cells(setup, adata.obs)].copy()
     if adata.n_obs < 2:
         raise DataError(f"{str(data_path)!r} has fewer than 2 cells with labels the model knows.")
-    latents = model.get_latent_representation(adata)
+    latents = model.get_latent_representation(adata, as_dict=True)
     blocks = {b.name: latents[model.spec.obsm_key(b.name)] for b in model.spec.blocks}
     rows: list[dict[str, Any]] = []
 

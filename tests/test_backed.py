@@ -131,7 +131,7 @@ def test_setup_model_train_and_latent_never_load_the_matrix(tmp_path: Path, monk
     model = fcrkit.models.SCVI(backed, n_latent=3, n_hidden=16, seed=0)
     history = model.train(max_epochs=2, batch_size=64, seed=0, accelerator="cpu", chunk_cells=100)
     assert len(history) == 2 and np.isfinite(history["validation_loss"]).all()
-    assert model.get_latent_representation()["X_scvi"].shape == (N_CELLS, 3)
+    assert model.get_latent_representation().shape == (N_CELLS, 3)
 
 
 def test_scvi_from_backed_trains_like_in_memory(pair) -> None:
@@ -164,8 +164,8 @@ def test_latent_and_predict_from_backed_equal_in_memory(pair) -> None:
     adata, backed = pair
     model = fcrkit.models.SCVI(adata, n_latent=3, n_hidden=16, seed=0)
     model.train(max_epochs=1, batch_size=64, seed=0, accelerator="cpu")
-    np.testing.assert_allclose(model.get_latent_representation(backed, batch_size=70)["X_scvi"],
-                               model.get_latent_representation(adata)["X_scvi"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.get_latent_representation(backed, batch_size=70),
+                               model.get_latent_representation(adata), rtol=1e-5, atol=1e-6)
     fcr = fcrkit.models.FCR(adata, n_latent=2, n_hidden=16, n_layers=1, prior_hidden=8, seed=0)
     np.testing.assert_allclose(fcr.predict(backed, "drug_0", from_prior="mean", batch_size=70).X,
                                fcr.predict(adata, "drug_0", from_prior="mean").X, rtol=1e-5, atol=1e-5)

@@ -58,7 +58,7 @@ SCRIPT = textwrap.dedent("""
         history = model.train(cfg["epochs"], batch_size=64, seed=1, progress_bar=False, accelerator="cpu",
                               **cfg.get("train", {}))
         torch.save({k: v.clone() for k, v in model.module.state_dict().items()}, f"{cfg['out']}_{kind}.pt")
-        np.savez(f"{cfg['out']}_{kind}.npz", **model.get_latent_representation())
+        np.savez(f"{cfg['out']}_{kind}.npz", **model.get_latent_representation(as_dict=True))
         out[kind] = {k: list(v) for k, v in history.values.items()}
     with open(f"{cfg['out']}.json", "w") as file:
         json.dump(out, file)

@@ -139,7 +139,7 @@ def test_generic_predict_decodes_the_basal_state_with_the_target_treatment_and_d
     assert pred.uns["fcrkit_prediction"]["redrawn_blocks"] == []  # nothing redrawn: the decoder sees t
     # expected counts with each cell's library: the decoder's mean under the target labels
     library = torch.as_tensor(np.asarray(controls.X.sum(1)), dtype=torch.float32).reshape(-1, 1)
-    z = torch.as_tensor(model.get_latent_representation(controls)["X_cpa"])
+    z = torch.as_tensor(model.get_latent_representation(controls))
     x = torch.as_tensor(model.setup.encode_labels(controls.obs)["x"])
     t = torch.zeros(len(controls), 2)
     t[:, 0] = 1.0
@@ -169,14 +169,14 @@ def test_save_load_round_trip(tmp_path):
     adata = tiny_adata(n_cells=200, n_genes=20)
     model = CPA(adata, n_latent=3, n_hidden=16, seed=0)
     model.train(2, batch_size=64, seed=0, progress_bar=False, accelerator="cpu")
-    latent = model.get_latent_representation()
+    latent = model.get_latent_representation(as_dict=True)
     assert list(latent) == ["X_cpa"] and latent["X_cpa"].shape == (200, 3)
     controls = adata[adata.obs["treatment"] == "control"].copy()
     pred = model.predict(controls, "drug_1").X
     model.save(tmp_path / "m")
     for cls in (CPA, Model):
         loaded = cls.load(tmp_path / "m", adata)
-        assert np.array_equal(loaded.get_latent_representation()["X_cpa"], latent["X_cpa"])
+        assert np.array_equal(loaded.get_latent_representation(), latent["X_cpa"])
         assert np.array_equal(loaded.predict(controls, "drug_1").X, pred)
         adversary = loaded.module.regularizers["adversary"].adversary
         assert torch.equal(adversary["t"][-1].weight, model.module.regularizers["adversary"].adversary["t"][-1].weight)
@@ -206,7 +206,7 @@ def test_adversaries_make_the_basal_state_less_predictive_of_treatment_and_covar
     for weight in (0.0, 100.0):
         model = CPA(adata, n_latent=8, n_hidden=64, adversary_weight=weight, seed=1)
         model.train(30, batch_size=128, lr=3e-3, seed=1, progress_bar=False, accelerator="cpu")
-        z = model.get_latent_representation()["X_cpa"]
+        z = model.get_latent_representation()
         scores[weight] = {key: _accuracy(z, adata.obs[key].to_numpy()) for key in ("treatment", "cell_type")}
     print(f"\naccuracy from z_basal, adversary weight 0 -> 100: {scores}")
     assert scores[100.0]["treatment"] <= scores[0.0]["treatment"] - 0.08

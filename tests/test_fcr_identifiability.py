@@ -35,7 +35,7 @@ def run_seed(seed: int) -> tuple[dict[str, dict[str, float]], pd.DataFrame]:
     beta.train(**settings)
     scores = {
         "FCR": block_mcc(true, np.hstack([fcr_blocks[b] for b in BLOCKS])),
-        "β-VAE": block_mcc(true, beta.get_latent_representation()["X_betavae"]),
+        "β-VAE": block_mcc(true, beta.get_latent_representation()),
         "PCA": block_mcc(true, pca_embedding(get_matrix(adata, None), 6, seed=seed)),
     }
     return scores, block_r2(true, fcr_blocks, regressor="kernel", seed=seed)

@@ -67,10 +67,10 @@ def test_kl_regulariser_scales_the_kl_linearly(small_adata):
 def test_save_load_round_trip_gives_identical_latents(small_adata, tmp_path):
     model = SCVI(small_adata, n_latent=3, n_hidden=32, seed=0)
     model.train(max_epochs=3, batch_size=128, seed=0, accelerator="cpu")
-    before = model.get_latent_representation()
+    before = model.get_latent_representation(as_dict=True)
     model.save(tmp_path / "run")
     loaded = SCVI.load(tmp_path / "run", small_adata)
-    after = loaded.get_latent_representation()
+    after = loaded.get_latent_representation(as_dict=True)
     assert set(before) == set(after) == {"X_scvi"}
     assert np.array_equal(before["X_scvi"], after["X_scvi"])
     assert loaded.history["loss"] == model.history["loss"]
@@ -99,7 +99,7 @@ def test_same_seed_same_latents(small_adata):
     def run() -> np.ndarray:
         model = SCVI(small_adata, n_latent=3, n_hidden=32, seed=3)
         model.train(max_epochs=2, batch_size=100, seed=7, accelerator="cpu")
-        return model.get_latent_representation()["X_scvi"]
+        return model.get_latent_representation()
 
     assert np.array_equal(run(), run())
 
@@ -107,10 +107,10 @@ def test_same_seed_same_latents(small_adata):
 def test_latents_of_a_subset_match_the_full_data(small_adata):
     model = SCVI(small_adata, n_latent=3, n_hidden=32, seed=0)
     model.train(max_epochs=2, batch_size=128, seed=0, accelerator="cpu")
-    full = model.get_latent_representation()["X_scvi"]
-    part = model.get_latent_representation(small_adata[100:150].copy())["X_scvi"]
+    full = model.get_latent_representation()
+    part = model.get_latent_representation(small_adata[100:150].copy())
     np.testing.assert_allclose(part, full[100:150], rtol=1e-5, atol=1e-6)
-    sampled = model.get_latent_representation(give_mean=False)["X_scvi"]
+    sampled = model.get_latent_representation(give_mean=False)
     assert sampled.shape == full.shape and not np.allclose(sampled, full)
 
 
@@ -241,7 +241,7 @@ def test_trains_on_cuda(small_adata):
     model = SCVI(small_adata, n_latent=3, n_hidden=32, seed=0)
     history = model.train(max_epochs=3, batch_size=128, seed=0, accelerator="cuda")
     assert history["validation_loss"][-1] < history["validation_loss"][0]
-    assert model.get_latent_representation()["X_scvi"].shape == (small_adata.n_obs, 3)
+    assert model.get_latent_representation().shape == (small_adata.n_obs, 3)
 
 
 @pytest.mark.parametrize("elbo", [

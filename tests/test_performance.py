@@ -39,8 +39,8 @@ def test_compiled_networks_train_to_the_eager_result(counts):
     eager_model, eager = _train(counts)
     compiled_model, compiled = _train(counts, compile=True)
     np.testing.assert_allclose(compiled["loss"], eager["loss"], rtol=1e-4)
-    a = eager_model.get_latent_representation()["X_scvi"]
-    b = compiled_model.get_latent_representation()["X_scvi"]
+    a = eager_model.get_latent_representation()
+    b = compiled_model.get_latent_representation()
     np.testing.assert_allclose(a, b, atol=2e-2)  # float reassociation, compounded over 15 Adam steps
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9999
     assert set(compiled_model.module.state_dict()) == set(eager_model.module.state_dict())  # saves alike

@@ -164,8 +164,8 @@ def test_runtime_plugin_is_listed_used_in_a_spec_and_removed(adata):
         plain = fcrkit.compose(spec(None), adata, seed=0)
         plain.train(max_epochs=2, batch_size=128, seed=0, accelerator="cpu", lr=1e-2)
         assert "test_l2_means" not in plain.history
-        norm_penalised = float(np.mean(np.sum(penalised.get_latent_representation()["X_l2vae"] ** 2, axis=1)))
-        norm_plain = float(np.mean(np.sum(plain.get_latent_representation()["X_l2vae"] ** 2, axis=1)))
+        norm_penalised = float(np.mean(np.sum(penalised.get_latent_representation() ** 2, axis=1)))
+        norm_plain = float(np.mean(np.sum(plain.get_latent_representation() ** 2, axis=1)))
         assert norm_penalised < 0.5 * norm_plain, (norm_penalised, norm_plain)
 
     # gone afterwards

@@ -23,7 +23,7 @@ def test_scvi_on_simulated_counts_recovers_the_latent():
     fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["cell_type"])
     model = fcrkit.models.SCVI(adata, n_latent=4, n_hidden=64, seed=0)
     model.train(max_epochs=40, batch_size=128, seed=0, accelerator="cpu", lr=3e-3)
-    z = model.get_latent_representation()["X_scvi"]
+    z = model.get_latent_representation()
     pca = pca_embedding(get_matrix(adata, None), 4)
     labels = adata.obs["cell_type"].to_numpy()
     acc, acc_pca = knn_accuracy(z, labels), knn_accuracy(pca, labels)
@@ -40,7 +40,7 @@ def test_scvi_on_kang_matches_pca_for_cell_types():
     model = fcrkit.models.SCVI(adata, n_latent=10, seed=0)
     model.train(max_epochs=30, batch_size=128, seed=0, accelerator="cpu")
     labels = adata.obs["cell_type"].to_numpy()
-    acc = knn_accuracy(model.get_latent_representation()["X_scvi"], labels)
+    acc = knn_accuracy(model.get_latent_representation(), labels)
     acc_pca = knn_accuracy(pca_embedding(adata.X, 10), labels)
     print(f"Kang, 2000 genes: 15-NN accuracy of cell_type, scVI {acc:.3f} vs PCA {acc_pca:.3f}")
     assert acc >= acc_pca - 0.03

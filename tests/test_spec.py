@@ -311,7 +311,7 @@ def test_compose_from_toml_path(adata, tmp_path):
     path = write(tmp_path, 'name = "tiny"\n[[blocks]]\nname = "z"\ndim = 2\nencoder = { name = "mlp", n_hidden = 8 }\n')
     model = fcrkit.compose(path, adata, seed=0)
     assert model.spec == ModelSpec.from_toml(path)
-    assert list(model.get_latent_representation()) == ["X_tiny"]
+    assert list(model.get_latent_representation(as_dict=True)) == ["X_tiny"]
 
 
 def test_prior_on_treatment_without_treatment_key():

@@ -49,7 +49,7 @@ def matched_target_scores(model, adata) -> dict[str, float]:
     sim = adata.uns["simulation"]
     treatments = [t for t in sim["treatments"] if t in set(adata.obs["treatment"].astype(str))]
     rows = [list(sim["treatments"]).index(t) for t in treatments]
-    matching = mcc(adata.obsm["z_true"], model.get_latent_representation()["X_svae"]).matching
+    matching = mcc(adata.obsm["z_true"], model.get_latent_representation()).matching
     learned = model.learned_targets().loc[treatments].to_numpy()
     return target_scores(sim["targets"][rows], learned, matching)
 
@@ -213,5 +213,5 @@ def test_save_load_keeps_masks_and_latents(world, svae, tmp_path):
     assert loaded.prior.is_binarized
     assert loaded.mask_probabilities().equals(model.mask_probabilities())
     assert loaded.learned_targets().equals(svae.learned_targets())
-    z, z_loaded = (m.get_latent_representation()["X_svae"] for m in (model, loaded))
+    z, z_loaded = (m.get_latent_representation() for m in (model, loaded))
     np.testing.assert_array_equal(z, z_loaded)

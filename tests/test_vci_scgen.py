@@ -186,8 +186,8 @@ def test_save_load_round_trip(recipe, tmp_path):
     loaded = cls.load(tmp_path / "model", adata)
     assert type(loaded) is cls and loaded.spec == model.spec
     np.testing.assert_allclose(loaded.predict(controls, treatment="drug_0").X, expected, rtol=1e-5, atol=1e-6)
-    latent = loaded.get_latent_representation()[f"X_{model.spec.name}"]
-    np.testing.assert_allclose(latent, model.get_latent_representation()[f"X_{model.spec.name}"], rtol=1e-5,
+    latent = loaded.get_latent_representation()
+    np.testing.assert_allclose(latent, model.get_latent_representation(), rtol=1e-5,
                                atol=1e-6)
 
 

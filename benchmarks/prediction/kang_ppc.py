@@ -16,8 +16,6 @@ import torch
 
 import fcrkit
 import fcrkit.plotting
-from fcrkit.data.anndata import get_matrix
-from fcrkit.workflow import most_variable_genes
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent / "results" / "kang_ppc"
@@ -27,7 +25,7 @@ def main() -> None:
     """Train both models, check them, write the table and the figure."""
     torch.set_num_threads(1)
     adata = ad.read_h5ad(ROOT.parent / "shared" / "data" / "kang_ifnb2800.h5ad")
-    adata = adata[:, most_variable_genes(get_matrix(adata, None), 2000)].copy()
+    fcrkit.data.highly_variable_genes(adata, n_top_genes=2000, subset=True)
     fcrkit.setup_anndata(adata, treatment_key="sample", control_value="CTRL", covariate_keys=["cell_type"])
     results, rows = {}, []
     for name, model in (("SCVI", fcrkit.models.SCVI(adata, seed=0)), ("FCR", fcrkit.models.FCR(adata, n_latent=10,

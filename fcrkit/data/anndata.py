@@ -261,6 +261,7 @@ def setup_anndata(
             "column: pass treatment_key= as well."
         )
     _check_not_empty(adata)
+    check_unique_genes(adata)
     matrix = get_matrix(adata, layer, stream=True)  # a backed X is checked in row blocks, never loaded
     _check_finite(matrix, layer, adata.obs_names)
     setup = AnnDataSetup(
@@ -333,6 +334,7 @@ def check_values(
     likelihood: str,
     layer: str | None,
     allow_counts: bool = False,
+    fix: str | None = None,
 ) -> None:
     """Refuse a matrix whose values do not fit what a likelihood models.
 
@@ -345,40 +347,77 @@ def check_values(
         likelihood: name of the likelihood, for the message.
         layer: name of the layer, for the message (``None``: ``X``).
         allow_counts: skip the "looks like raw counts" check of ``"real"``.
+        fix: what the message tells the user to do (None: how to set the data up for a new model;
+            a trained model's checks of new cells say how to give it what it was trained on).
 
     Raises:
         DataError: naming the likelihood, the layer, an offending value and its cell index.
     """
     if input_kind == "counts":
-        _check_counts(matrix, likelihood, layer)
+        _check_counts(matrix, likelihood, layer, fix)
     elif input_kind == "real":
         if not allow_counts:
-            _check_not_counts(matrix, likelihood, layer)
+            _check_not_counts(matrix, likelihood, layer, fix)
     else:
         raise ConfigError(f"input_kind must be 'counts' or 'real', got {input_kind!r}.")
 
 
-def _check_counts(matrix: Matrix | DiskMatrix, likelihood: str, layer: str | None) -> None:
+def _check_counts(matrix: Matrix | DiskMatrix, likelihood: str, layer: str | None, fix: str | None) -> None:
     count, row, value = _scan(matrix, _not_count)
     if count:
+        fix = fix or ("For log-normalised data use likelihood=\"gaussian\"; if raw counts are in a layer, point "
+                      "layer= at it (fcrkit.setup_anndata(adata, layer=\"counts\", ...)).")
         raise DataError(
             f"likelihood {likelihood!r} models non-negative integer counts, but {_matrix_name(layer)} "
-            f"holds {value:.6g} (cell index {row}; {count} such value(s)). For log-normalised "
-            "data use likelihood=\"gaussian\"; if raw counts are in a layer, point layer= at it "
-            "(fcrkit.setup_anndata(adata, layer=\"counts\", ...))."
+            f"holds {value:.6g} (cell index {row}; {count} such value(s)). {fix}"
         )
 
 
-def _check_not_counts(matrix: Matrix | DiskMatrix, likelihood: str, layer: str | None) -> None:
+def _check_not_counts(matrix: Matrix | DiskMatrix, likelihood: str, layer: str | None, fix: str | None) -> None:
     non_counts, _, _ = _scan(matrix, _not_count, stop_early=True)
     largest = _max(matrix)
     if not non_counts and largest > COUNT_LIKE_MAX:
+        fix = fix or ("Use a count likelihood (\"nb\", \"zinb\" or \"poisson\"), or log-normalise first (e.g. "
+                      "scanpy.pp.normalize_total then scanpy.pp.log1p).")
         raise DataError(
             f"likelihood {likelihood!r} models real-valued (e.g. log-normalised) data, but "
             f"{_matrix_name(layer)} holds only non-negative integers up to {largest:.6g}: it looks "
-            "like raw counts. Use a count likelihood (\"nb\", \"zinb\" or \"poisson\"), or "
-            "log-normalise first (e.g. scanpy.pp.normalize_total then scanpy.pp.log1p)."
+            f"like raw counts. {fix}"
         )
+
+
+def check_new_cells(adata: AnnData, layer: str | None, input_kind: Literal["counts", "real"], *, likelihood: str,
+                    fix: str) -> None:
+    """Refuse cells given to a trained model (to predict, encode or score) unless they are what training took.
+
+    The same checks as :func:`setup_anndata` and model construction make of training data: finite values,
+    then :func:`check_values` for ``input_kind``, with ``fix`` saying how to give the model the values it
+    was trained on.
+
+    Raises:
+        DataError: naming the matrix, an offending value, its cell and ``fix``.
+    """
+    matrix = get_matrix(adata, layer, stream=True)  # a backed X is read in row blocks
+    _check_finite(matrix, layer, adata.obs_names)
+    check_values(matrix, input_kind, likelihood=likelihood, layer=layer, fix=fix)
+
+
+def check_unique_genes(adata: AnnData, what: str = "adata") -> None:
+    """Refuse duplicated gene names: fcrkit matches genes by name (load, predict, narrowing to a model's genes).
+
+    Raises:
+        DataError: naming a few duplicated names, how many there are, and the fix.
+    """
+    names = pd.Index(adata.var_names)
+    if names.is_unique:
+        return
+    counts = names[names.duplicated(keep=False)].value_counts(sort=False)
+    shown = ", ".join(f"{name!r} ({n}x)" for name, n in list(counts.items())[:5])
+    raise DataError(
+        f"{what} has {len(counts)} duplicated gene name(s) in var_names: {shown}{' ...' if len(counts) > 5 else ''}. "
+        "fcrkit finds genes by name, so each name must be unique: call adata.var_names_make_unique() (and write "
+        "the file again if it came from one), then use the same names for training and prediction."
+    )
 
 
 def _check_finite(matrix: Matrix | DiskMatrix, layer: str | None, obs_names: pd.Index) -> None:

@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.spatial.distance import pdist, squareform
-from scipy.stats import gamma
 
 from fcrkit.errors import ConfigError, DataError
 from fcrkit.metrics._validation import as_matrix, same_rows, subsample_indices
@@ -53,6 +51,8 @@ class HSICResult:
 
 
 def _gaussian_kernel(a: np.ndarray) -> np.ndarray:
+    from scipy.spatial.distance import pdist, squareform  # here: every model imports this module
+
     sq = pdist(a, "sqeuclidean")
     positive = sq[sq > 0]
     median = float(np.median(positive)) if positive.size else 2.0  # sigma = 1
@@ -65,6 +65,7 @@ def _center(k: np.ndarray) -> np.ndarray:
 
 def _gamma_p_value(k: np.ndarray, l: np.ndarray, kc: np.ndarray, lc: np.ndarray, stat_n: float) -> float:
     """P(Gamma > n * HSIC_b) with the null mean and variance of ``hsicTestGamma.m``."""
+    from scipy.stats import gamma  # here: scipy.stats takes about half a second to import
     m = k.shape[0]
     var = (kc * lc / 6.0) ** 2
     var = (var.sum() - np.trace(var)) / m / (m - 1)

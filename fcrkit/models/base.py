@@ -1,23 +1,28 @@
 """The user's object: a composed model bound to an AnnData.
 
 :class:`Model` gives every recipe the same surface: ``train``, ``get_latent_representation``,
-``save`` and ``load``. A recipe is a subclass whose ``__init__`` writes a spec.
+``get_normalized_expression``, ``predict``, ``save`` and ``load``. A recipe is a subclass whose
+``__init__`` writes a spec. Cells other than the training cells, given to any of them, are checked as
+the training cells were (finite values of the kind the likelihood models, unique gene names).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 
 from fcrkit.data.anndata import (
     AnnDataSetup,
+    check_new_cells,
+    check_unique_genes,
     check_values,
     get_matrix,
     get_setup,
@@ -155,23 +160,140 @@ class Model:
     # -- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def get_latent_representation(
-        self, adata: AnnData | None = None, *, give_mean: bool = True, batch_size: int = 1024
-    ) -> dict[str, np.ndarray]:
+        self,
+        adata: AnnData | None = None,
+        *,
+        block: str | None = None,
+        give_mean: bool = True,
+        batch_size: int = 1024,
+        as_dict: bool = False,
+    ) -> np.ndarray | dict[str, np.ndarray]:
         """Latent blocks of the cells of ``adata`` (default: the training data).
 
-        Returns a dict from ``obsm`` key (``X_<model>`` or ``X_<model>_<block>``) to a
-        ``(n_cells, dim)`` array: posterior means, or one posterior sample with ``give_mean=False``.
-        Put them in the AnnData with ``adata.obsm.update(...)``.
+        Each block is a ``(n_cells, dim)`` array of posterior means, or of one posterior sample with
+        ``give_mean=False``. What comes back follows one rule for every model:
+
+        * ``block="tx"``: that block's array (the block names are the spec's, e.g. ``"x"``, ``"t"``,
+          ``"tx"`` for FCR and ``"z"`` for the one-block recipes);
+        * otherwise, a model of one block (SCVI, BetaVAE, ...): its array, so that
+          ``adata.obsm["X_scvi"] = model.get_latent_representation()`` works as with scvi-tools;
+        * otherwise, a model of several blocks (FCR): a dict from ``obsm`` key (``X_<model>_<block>``)
+          to array, stored in one go with ``adata.obsm.update(model.get_latent_representation())``;
+        * ``as_dict=True``: that dict for any model (``{"X_<model>": array}`` for one block), for code
+          that handles models of every shape.
         """
+        names = [b.name for b in self.spec.blocks]
+        if block is not None:
+            if as_dict:
+                raise ConfigError("get_latent_representation(): give block= (one block's array) or as_dict=True "
+                                  "(every block), not both.")
+            if block not in names:
+                raise ConfigError(f"get_latent_representation(): block={block!r} is not a block of model "
+                                  f"{self.spec.name!r} (blocks: {listing(names)}).{did_you_mean(block, names)}")
         data = self._cell_data(adata)
         self.module.eval()
-        out: dict[str, list[np.ndarray]] = {b.name: [] for b in self.spec.blocks}
+        out: dict[str, list[np.ndarray]] = {name: [] for name in names}
         index = torch.arange(data.n_obs, device=data.device)
         for batch in data.iter_batches(index, batch_size, shuffle=False):
             for name, (loc, scale) in self.module.encode(batch).items():
                 z = loc if give_mean else loc + scale * torch.randn_like(loc)
                 out[name].append(z.cpu().numpy())
-        return {self.spec.obsm_key(name): np.concatenate(parts) for name, parts in out.items()}
+        blocks = {name: np.concatenate(parts) for name, parts in out.items()}
+        if block is not None:
+            return blocks[block]
+        if len(blocks) == 1 and not as_dict:
+            return next(iter(blocks.values()))
+        return {self.spec.obsm_key(name): z for name, z in blocks.items()}
+
+    @torch.no_grad()
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        *,
+        gene_list: Sequence[str] | None = None,
+        library_size: float | str | None = None,
+        n_samples: int | None = None,
+        return_numpy: bool = False,
+        batch_size: int = 1024,
+        seed: int | None = None,
+    ) -> pd.DataFrame | np.ndarray:
+        """Expected expression of each cell under its posterior, on a common scale (as scvi-tools' method).
+
+        Each cell is encoded and decoded with its own labels; the decoder's expected value is returned.
+
+        Args:
+            adata: the cells (default: the training data); checked as :meth:`predict` checks its cells.
+            indices: positions of the cells of ``adata`` to use (default: all).
+            gene_list: names of the genes to return (default: all, in the model's order).
+            library_size: count models: scale each cell's expected counts to sum to this number
+                (default 1: expression frequencies), or ``"latent"``: each cell's own library size (its
+                observed total counts), i.e. expected counts on the data's scale. Models of real values
+                (a ``"gaussian"`` likelihood) return the expected values on the data's scale; they take
+                no number here.
+            n_samples: None: decode the posterior means (deterministic); a number: average the expected
+                expression over that many posterior draws per cell (``seed`` seeds them).
+            return_numpy: an array instead of a DataFrame (cells x genes, named by obs and var names).
+            batch_size: cells per forward pass.
+            seed: seed of the posterior draws (None: 0).
+
+        For ``"nb"`` and ``"poisson"`` the rows at ``library_size=1`` are the decoder's frequencies, as
+        scvi-tools' ``px_scale``; for ``"zinb"`` the expected counts include the zero-inflation gate
+        (scvi-tools leaves it out), and are then scaled to ``library_size``.
+        """
+        counts = self.module.likelihood.input_kind == "counts"
+        if library_size is None:
+            library_size = 1.0 if counts else "latent"
+        if library_size != "latent":
+            if not counts:
+                raise ConfigError(f"get_normalized_expression(): library_size={library_size!r}, but model "
+                                  f"{self.spec.name!r} models real values (likelihood "
+                                  f"{self.spec.likelihood.name!r}), which have no library size; leave it out.")
+            if (isinstance(library_size, bool) or not isinstance(library_size, (int, float))
+                    or not 0 < library_size < np.inf):
+                raise ConfigError(f"get_normalized_expression(): library_size={library_size!r} must be a positive "
+                                  "number (e.g. 1 or 1e4) or 'latent' (each cell's own library size).")
+        if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int)
+                                      or n_samples < 1):
+            raise ConfigError(f"get_normalized_expression(): n_samples={n_samples!r} must be a positive integer, "
+                              "or None for the posterior means.")
+        adata = self.adata if adata is None else adata
+        data = self._cell_data(adata)
+        rows = _positions(indices, data.n_obs)
+        genes = self._gene_positions(gene_list)
+        device = next(self.module.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
+        self.module.eval()
+        out = []
+        for batch in data.iter_batches(torch.as_tensor(rows, device=data.device), batch_size, shuffle=False):
+            posterior = self.module.encode(batch)
+            library = batch.library if library_size == "latent" else torch.ones_like(batch.library)
+            total = torch.zeros(())
+            for _ in range(n_samples or 1):
+                z = {name: loc if n_samples is None else torch.normal(loc, scale, generator=generator)
+                     for name, (loc, scale) in posterior.items()}
+                mean = self.module.decode_mean(z, batch.labels, library)
+                if library_size != "latent":
+                    mean = mean / mean.sum(-1, keepdim=True) * float(library_size)
+                total = total + mean
+            out.append((total / (n_samples or 1))[:, genes].cpu().numpy())
+        values = np.concatenate(out).astype(np.float32)
+        if return_numpy:
+            return values
+        return pd.DataFrame(values, index=adata.obs_names[rows], columns=[self.var_names[g] for g in genes])
+
+    def _gene_positions(self, gene_list: Sequence[str] | None) -> np.ndarray:
+        """Positions of the genes of ``gene_list`` among the model's genes (all genes for None)."""
+        if gene_list is None:
+            return np.arange(len(self.var_names))
+        if isinstance(gene_list, str):
+            gene_list = [gene_list]
+        position = {g: i for i, g in enumerate(self.var_names)}
+        unknown = [str(g) for g in gene_list if str(g) not in position]
+        if unknown:
+            raise DataError(f"gene_list: {listing(unknown[:5])} {'is' if len(unknown) == 1 else 'are'} not among "
+                            f"the model's {len(position)} genes.{did_you_mean(unknown[0], position)}")
+        return np.array([position[str(g)] for g in gene_list], dtype=np.int64)
 
     @torch.no_grad()
     def predict(
@@ -299,8 +421,23 @@ class Model:
         adata = self.adata if adata is None else adata
         _check_adata(adata)
         check_genes(self.var_names, adata)
+        if adata is not self.adata:  # the model's own cells were checked when it was built
+            self._check_new_cells(adata)
         device = next(self.module.parameters()).device
         return cell_data(adata, self.setup, device=device)  # streamed from disk for a backed AnnData
+
+    def _check_new_cells(self, adata: AnnData) -> None:
+        """Refuse new cells whose values are not of the kind the model was trained on (as training does)."""
+        where = "adata.X" if self.setup.layer is None else f"adata.layers[{self.setup.layer!r}]"
+        kind = self.module.likelihood.input_kind
+        if kind == "counts":
+            fix = (f"{type(self).__name__} was trained on raw counts in {where}: give it the raw counts of these "
+                   f"cells in {where} too, not log-normalised or scaled values (e.g. adata.X = "
+                   "adata.layers[\"counts\"], or the cells as read from the original file).")
+        else:
+            fix = (f"{type(self).__name__} was trained on real values (e.g. log-normalised) in {where}: give it "
+                   "these cells transformed the same way as the training cells.")
+        check_new_cells(adata, self.setup.layer, kind, likelihood=self.spec.likelihood.name, fix=fix)
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -380,6 +517,19 @@ class Recipe(Model):
         cls.__signature__ = inspect.Signature([adata, *arguments, seed])
 
 
+def _positions(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np.ndarray:
+    """Cell positions from ``indices`` (None: all ``n_obs``), refusing ones out of range or not integers."""
+    if indices is None:
+        return np.arange(n_obs)
+    rows = np.asarray(indices)
+    if rows.ndim != 1 or rows.size == 0 or not np.issubdtype(rows.dtype, np.integer):
+        raise ConfigError(f"indices must be a non-empty list of integer cell positions, got {indices!r:.80}.")
+    if rows.min() < -n_obs or rows.max() >= n_obs:
+        raise ConfigError(f"indices: position {int(rows.max() if rows.max() >= n_obs else rows.min())} is out of "
+                          f"range for {n_obs} cells.")
+    return rows % n_obs
+
+
 def _check_adata(adata: Any, argument: str = "adata") -> None:
     """Refuse anything but a non-empty AnnData before any of it is read."""
     if not isinstance(adata, AnnData):
@@ -410,6 +560,7 @@ def _check_treated_cells(spec: ModelSpec, setup: AnnDataSetup) -> None:
 
 def check_genes(expected: list[str], adata: AnnData) -> None:
     """Refuse ``adata`` unless its genes are ``expected``, in order; name the difference."""
+    check_unique_genes(adata)
     genes = [str(v) for v in adata.var_names]
     if genes == expected:
         return

@@ -88,7 +88,7 @@ class ScGen(Recipe):
         if balance not in BALANCES:
             raise ConfigError(f"balance={balance!r} is not one of {listing(BALANCES)}.")
         setup, obs = self.setup, self.adata.obs
-        z = self.get_latent_representation(self.adata)[self.spec.obsm_key("z")]
+        z = self.get_latent_representation(self.adata, block="z")
         label = obs[setup.treatment_key].astype(str).to_numpy()
         treated, control = label == str(treatment), label == setup.control_value
         if not treated.any():

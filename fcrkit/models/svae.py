@@ -273,6 +273,7 @@ class SVAE(Recipe):
 
         _check_adata(adata, "adata_new")
         check_genes(self.var_names, adata)
+        self._check_new_cells(adata)  # trained on as the model's own cells were: the same checks
         previous = self.adata
         self.adata = adata
         try:
