@@ -39,7 +39,6 @@ from anndata import AnnData
 
 from fcrkit.data.anndata import COMBINATION_SEP, get_matrix, get_setup, split_treatment
 from fcrkit.errors import ConfigError, DataError, did_you_mean, listing
-from fcrkit.metrics.prediction import mean_log_expression
 from fcrkit.models.base import _check_adata, check_genes
 from fcrkit.train.trainer import History
 
@@ -103,6 +102,8 @@ class Baseline:
     def summarise(self, matrix: Any) -> np.ndarray:
         """The profile of a group of cells (see the module doc): mean-log for counts, the mean otherwise."""
         if self.counts:
+            from fcrkit.metrics.prediction import mean_log_expression  # scipy.stats and sklearn: not at import
+
             return mean_log_expression(matrix, self.target_sum)
         return np.asarray(matrix.mean(axis=0), dtype=np.float64).ravel()
 
