@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
@@ -10,6 +12,20 @@ from fcrkit.components.nn import label_matrix, mlp, mlp_width, positive, total_w
 from fcrkit.errors import ConfigError, listing
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import LabelDims, Labels
+
+
+def outer_features(labels: Labels, keys: tuple[str, ...]) -> Tensor:
+    """Per cell, the Kronecker product of the label vectors ``[labels[k], 1]`` over ``keys``.
+
+    Its entries are the constant, each label entry, and every product of entries of different
+    labels: a linear map of it can take any value per combination of one-hot labels.
+    """
+    out = None
+    for key in keys:
+        part = labels[key]
+        part = torch.cat([part, torch.ones_like(part[..., :1])], dim=-1)
+        out = part if out is None else (out.unsqueeze(-1) * part.unsqueeze(-2)).flatten(-2)
+    return out
 
 
 class StandardNormal(nn.Module):
@@ -42,7 +58,11 @@ class ConditionalGaussian(nn.Module):
         label_dims: the labels it conditions on (its spec ``conditions``, e.g. ``["x"]``).
         combine: ``"concat"`` embeds the concatenated labels with one MLP; ``"product"`` embeds each
             condition with its own MLP and multiplies the embeddings element-wise (FCR's
-            ``k_t ⊙ k_x``; needs two or more conditions).
+            ``k_t ⊙ k_x``; needs two or more conditions); ``"outer"`` embeds the outer (Kronecker)
+            product of the label vectors, each extended by a constant 1, so its features are every
+            main effect and every interaction of the labels: with ``n_layers=0`` the mean and scale
+            are then free per condition (a learned table, iVAE's most flexible prior), also for a
+            (covariate, treatment) pair whose value no additive form reaches.
         n_hidden: embedding width.
         n_layers: MLP depth of each embedding (0 with ``"concat"``: linear in the one-hot labels).
         activation: hidden activation.
@@ -68,15 +88,15 @@ class ConditionalGaussian(nn.Module):
                 "prior 'conditional_gaussian' needs labels to condition on: give it conditions, "
                 "e.g. prior = {name = 'conditional_gaussian', conditions = ['x']}."
             )
-        if combine not in ("concat", "product"):
-            raise ConfigError(f"option combine={combine!r} is not one of 'concat', 'product'.")
+        if combine not in ("concat", "product", "outer"):
+            raise ConfigError(f"option combine={combine!r} is not one of 'concat', 'product', 'outer'.")
         if combine == "product" and (len(label_dims) < 2 or n_layers < 1):
             raise ConfigError("combine='product' needs at least two conditions and n_layers >= 1.")
         self.dim = dim
         self.conditions = tuple(label_dims)
         self.combine = combine
-        if combine == "concat":
-            n_in = total_width(label_dims)
+        if combine in ("concat", "outer"):
+            n_in = total_width(label_dims) if combine == "concat" else math.prod(d + 1 for d in label_dims.values())
             self.embed = nn.ModuleDict({"all": mlp(n_in, n_hidden, n_layers, norm="none", activation=activation)})
             width = mlp_width(n_in, n_hidden, n_layers)
         else:
@@ -92,6 +112,8 @@ class ConditionalGaussian(nn.Module):
         """The condition embedding the mean and scale heads read."""
         if self.combine == "concat":
             return self.embed["all"](label_matrix(labels, self.conditions))
+        if self.combine == "outer":
+            return self.embed["all"](outer_features(labels, self.conditions))
         parts = [self.embed[key](labels[key]) for key in self.conditions]
         out = parts[0]
         for part in parts[1:]:

@@ -55,6 +55,7 @@ def fcr_spec(
     n_hidden: int = 128,
     n_layers: int = 2,
     prior_hidden: int = 64,
+    prior_layers: int = 1,
     kl_warmup_epochs: float = 10,
     control_pairing: str = "covariates",
     published_noop: bool = False,
@@ -76,15 +77,15 @@ def fcr_spec(
         if key not in w:
             raise ConfigError(f"FCR weights: unknown term {key!r}.{did_you_mean(key, w)} Terms: {listing(w)}.")
         w[key] = value
-    if tx_prior not in ("concat", "product"):
-        raise ConfigError(f"tx_prior={tx_prior!r} is not 'concat' (the authors' run) or 'product' "
-                          "(the paper's k_t ⊙ k_x).")
+    if tx_prior not in ("concat", "product", "outer"):
+        raise ConfigError(f"tx_prior={tx_prior!r} is not 'concat' (the authors' run), 'product' "
+                          "(the paper's k_t ⊙ k_x) or 'outer' (every interaction of the labels).")
 
     conditions = {"x": ("x",), "t": ("t",), "tx": ("x", "t")}
     encoder = {"n_hidden": n_hidden, "n_layers": n_layers}
 
     def prior(block: str) -> ComponentSpec:
-        options: dict[str, Any] = {"n_hidden": prior_hidden}
+        options: dict[str, Any] = {"n_hidden": prior_hidden, "n_layers": prior_layers}
         if block == "tx":
             options["combine"] = tx_prior
         return ComponentSpec("conditional_gaussian", conditions[block], options)
