@@ -133,6 +133,25 @@ def test_condition_kl_is_zero_at_the_prior_and_positive_away(world):
     assert float(reg.loss(ctx)) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_condition_kl_sums_the_kl_of_the_averaged_gaussians_over_conditions():
+    """Two conditions of two cells each; the value is worked out by hand, not by the code under test."""
+    info = ModelInfo({"z": 1}, {"x": 2}, 5)
+    reg = ConditionKL(info)
+    x = torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]])  # conditions A, A, B, B
+    loc = torch.tensor([[0.0], [2.0], [1.0], [1.0]])
+    scale = torch.tensor([[1.0], [1.0], [2.0], [2.0]])
+    prior_loc = torch.tensor([[0.0], [0.0], [1.0], [1.0]])
+
+    class Module:  # the priors: N(0, 1) under A, N(1, 1) under B
+        def prior_distribution(self, block, labels, n):
+            return torch.distributions.Normal(prior_loc, torch.ones_like(prior_loc))
+
+    ctx = Context({"z": loc}, {"z": loc}, {"z": scale}, {"x": x}, torch.arange(4), 4, module=Module())
+    # A: averaged posterior N(1, 1) against N(0, 1): KL = 1/2.
+    # B: averaged posterior N(1, 2²) against N(1, 1): KL = log(1/2) + 4/2 - 1/2 = 1.5 - log 2.
+    assert float(reg.loss(ctx)) == pytest.approx(0.5 + 1.5 - np.log(2.0), rel=1e-6)
+
+
 def test_alternating_adversary_owns_every_kth_epoch(world):
     model = small_fcr(world, alternate_every=2, weights={"permutation_x": 0})
     reg = model.module.regularizers["permutation_t"]

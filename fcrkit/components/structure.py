@@ -179,18 +179,22 @@ class ControlSimilarity:
 
 
 class ConditionKL:
-    """KL between per-condition averages of posterior and prior Gaussians, averaged over conditions.
+    """KL between per-condition averages of posterior and prior Gaussians, summed over conditions.
 
     Within the minibatch, cells are grouped by condition; the posterior means and scales, and the
     prior means and scales, are averaged per group, and ``KL(avg posterior || avg prior)`` is summed
-    over dimensions and blocks and averaged over the groups present.
+    over dimensions, blocks and the groups present, as the authors' "marginal" KL is (a sum over
+    groups, ``../shared/reference/FCR.md``). A sum, not a mean: each condition present pulls its
+    average posterior to its prior whatever the number of other conditions in the batch; the price is
+    that the term grows with the number of conditions a minibatch holds, so its weight depends on
+    the data (a mean would divide it by that number).
     """
 
     def __init__(self, info: ModelInfo, *, blocks: Sequence[str] | None = None):
         self.blocks = _check_blocks(info, list(info.block_dims) if blocks is None else blocks, "condition_kl")
 
     def loss(self, ctx: Context) -> Tensor:
-        """KL between per-condition averages of the posterior and prior Gaussians, summed over conditions."""
+        """``Σ_conditions Σ_blocks KL(avg posterior || avg prior)`` over the minibatch's conditions."""
         groups = condition_ids(ctx)
         n_groups = int(groups.max()) + 1
         ones = torch.ones_like(groups, dtype=torch.float32)
@@ -206,7 +210,7 @@ class ConditionKL:
             q = torch.distributions.Normal(average(ctx.loc[block]), average(ctx.scale[block]))
             p = torch.distributions.Normal(average(prior.loc.expand_as(ctx.loc[block])),
                                            average(prior.scale.expand_as(ctx.scale[block])))
-            total = total + torch.distributions.kl_divergence(q, p).sum(-1).mean()
+            total = total + torch.distributions.kl_divergence(q, p).sum()
         return total
 
 
