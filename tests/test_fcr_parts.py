@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ import torch
 from anndata import AnnData
 
 import fcrkit
+import fcrkit.runconfig
 from fcrkit.components.structure import (
     ConditionKL,
     ControlSimilarity,
@@ -204,6 +207,29 @@ def test_predict_redraws_treatment_blocks_and_checks_inputs(world):
         model.predict(strange, treatment="drug_1")
     with pytest.raises(DataError, match="genes differ"):
         model.predict(controls[:, :30].copy(), treatment="drug_1")
+
+
+@pytest.mark.parametrize("name", sorted(fcrkit.runconfig.recipes()))
+def test_every_recipe_passes_likelihood_options_through(name):
+    build = fcrkit.runconfig.recipes()[name].build_spec
+    assert "likelihood_options" in inspect.signature(build).parameters  # so run configs and benchmarks take them
+    spec = build(likelihood_options={"min_scale": 0.01})
+    assert spec.likelihood.options["min_scale"] == 0.01
+    assert build(likelihood_options=None) == build()
+    with pytest.raises(ConfigError, match="likelihood_options=3 must be a dict"):
+        build(likelihood_options=3)
+
+
+def test_gaussian_fcr_gets_a_per_cell_scale_through_likelihood_options(world, tmp_path):
+    logged = world.copy()
+    logged.X = np.log1p(logged.X)
+    model = small_fcr(logged, likelihood="gaussian", likelihood_options={"scale": "gene-cell", "min_scale": 0.01})
+    assert model.module.likelihood.heads == ("mean", "scale") and model.module.likelihood.min_scale == 0.01
+    model.save(tmp_path / "gaussian")
+    again = fcrkit.models.FCR.load(tmp_path / "gaussian", logged)
+    assert again.spec.likelihood.options == {"scale": "gene-cell", "min_scale": 0.01}
+    with pytest.raises(ConfigError, match="'scal'.*Options it accepts"):
+        small_fcr(logged, likelihood="gaussian", likelihood_options={"scal": "gene-cell"})
 
 
 def test_models_without_treatment_blocks_cannot_predict(world):
