@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from anndata import AnnData
 
 import fcrkit
@@ -16,6 +17,7 @@ from fcrkit.components.structure import (
     ConditionKL,
     ControlSimilarity,
     LabelClassifier,
+    PermutationDiscriminator,
     permute_within,
 )
 from fcrkit.data.loaders import CellData
@@ -80,6 +82,25 @@ def test_permute_within_moves_cells_inside_their_group():
         moved = perm != torch.arange(8)
         singleton = (groups == 2) | (groups == 3)
         assert moved[~singleton].all() and not moved[singleton].any()  # a lone cell stays
+
+
+def test_discriminator_leaves_out_cells_alone_in_their_condition():
+    """A lone cell's "permuted" pair is its real pair: it must not be labelled fake."""
+    torch.manual_seed(0)
+    disc = PermutationDiscriminator(ModelInfo({"t": 2, "tx": 2}, {"x": 4}, 5), blocks=["t", "tx"])
+    a, b = torch.randn(4, 2), torch.randn(4, 2)
+
+    def context(conditions: list[int]) -> Context:
+        return Context({"t": a, "tx": b}, {}, {}, {"x": torch.eye(4)[conditions]}, torch.arange(4), 4)
+
+    assert float(disc.adversary_loss(context([0, 1, 2, 3]))) == 0.0  # nothing can be permuted
+    # cells 0 and 1 share a condition (the permutation swaps them), cells 2 and 3 are alone
+    loss = disc.adversary_loss(context([0, 0, 1, 2]))
+    with torch.no_grad():
+        real = disc.adversary(torch.cat([a[:2], b[:2]], -1)).squeeze(-1)
+        fake = disc.adversary(torch.cat([a[:2], b[[1, 0]]], -1)).squeeze(-1)
+        expected = (F.softplus(-real) + F.softplus(fake)).mean()  # BCE(real, 1) + BCE(fake, 0), per cell
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_discriminator_gradient_reaches_the_encoders_unless_published_noop(world):

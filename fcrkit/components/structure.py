@@ -107,7 +107,8 @@ class PermutationDiscriminator(nn.Module):
     """Adversary: real (z_a, z_b) pairs vs pairs with z_b permuted within a condition; encoders fool it.
 
     Within a condition the blocks should be independent, so the permutation must be undetectable.
-    The discriminator trains on detached latents with its own optimiser; the model's term is
+    Cells alone in their condition in the minibatch are left out (they cannot be permuted). The
+    discriminator trains on detached latents with its own optimiser; the model's term is
     ``-BCE`` of the discriminator (weight ``λ_perm``), so its gradient reaches the encoders.
 
     Args:
@@ -135,12 +136,22 @@ class PermutationDiscriminator(nn.Module):
         self.alternate_every, self.published_noop = int(alternate_every), bool(published_noop)
 
     def _bce(self, ctx: Context) -> Tensor:
+        """BCE over the cells that share their condition with another cell of the minibatch.
+
+        A cell alone in its condition cannot be permuted: its "permuted" pair would be its real pair
+        labelled fake, a contradiction the discriminator would be trained on (with many conditions,
+        as sciPlex's ~2,000 (x, t, dose) triples against 1,024 cells a batch, most cells are alone).
+        Such cells are left out of both the real and the permuted half; with none left the term is 0.
+        """
         a, b = (ctx.z[name] for name in self.blocks)
-        permuted = b.index_select(0, permute_within(condition_ids(ctx)))
+        permutation = permute_within(condition_ids(ctx))
+        moved = permutation != torch.arange(len(permutation), device=permutation.device)
+        keep = moved.to(a.dtype)
         real = self.adversary(torch.cat([a, b], dim=-1)).squeeze(-1)
-        fake = self.adversary(torch.cat([a, permuted], dim=-1)).squeeze(-1)
-        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        fake = self.adversary(torch.cat([a, b.index_select(0, permutation)], dim=-1)).squeeze(-1)
+        bce = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), reduction="none")
+               + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="none"))
+        return (bce * keep).sum() / keep.sum().clamp_min(1.0)  # no host sync: an all-alone batch gives 0
 
     def adversary_loss(self, ctx: Context) -> Tensor:
         """The discriminator's BCE, real pairs against pairs permuted within conditions."""
