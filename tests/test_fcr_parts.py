@@ -176,6 +176,35 @@ def test_condition_kl_sums_the_kl_of_the_averaged_gaussians_over_conditions():
     assert float(reg.loss(ctx)) == pytest.approx(0.5 + 1.5 - np.log(2.0), rel=1e-6)
 
 
+def test_terms_count_each_cell_once_not_again_as_a_paired_control(world):
+    """Classifiers, discriminators, the condition KL and the independence penalties read the batch's own
+    cells; the paired controls (rows ``pairs:``) count in the ELBO only (and in the similarity term)."""
+    model = small_fcr(world, weights={"condition_kl": 1.0}, regularizers=[
+        {"name": "hsic", "key": "hsic", "weight": 1.0, "blocks": ["tx"], "label": "x"},
+        {"name": "total_correlation", "key": "tc", "weight": 1.0}])
+    paired = one_context(model, world, n=48)
+    n = paired.pairs
+
+    def head(d):
+        return {k: v[:n] for k, v in d.items()}
+
+    own = Context(head(paired.z), head(paired.loc), head(paired.scale), head(paired.labels), paired.index[:n],
+                  world.n_obs, module=model.module)
+    keys = ["treatment_classifier", "covariate_classifier", "permutation_t", "permutation_x", "condition_kl",
+            "hsic", "tc"]
+    for key in keys:
+        reg = model.module.regularizers[key]
+        values = []
+        for ctx in (paired, own):
+            torch.manual_seed(0)  # the discriminators' permutations and the TC's shuffles
+            values.append(float(reg.loss(ctx).detach()))
+            if hasattr(reg, "adversary_loss"):
+                torch.manual_seed(0)
+                values.append(float(reg.adversary_loss(ctx.detached()).detach()))
+        half = len(values) // 2
+        assert values[:half] == pytest.approx(values[half:], rel=1e-5), key
+
+
 def test_alternating_adversary_owns_every_kth_epoch(world):
     model = small_fcr(world, alternate_every=2, weights={"permutation_x": 0})
     reg = model.module.regularizers["permutation_t"]

@@ -99,6 +99,7 @@ class LabelClassifier(nn.Module):
 
     def loss(self, ctx: Context) -> Tensor:
         """Binary cross-entropy of the (multi-hot) label, summed over its entries, averaged over cells."""
+        ctx = ctx.unpaired()  # each cell once, not again as another cell's paired control
         target = (ctx.labels[self.label] > 0).to(torch.float32)
         return F.binary_cross_entropy_with_logits(self.logits(ctx), target, reduction="none").sum(-1).mean()
 
@@ -143,6 +144,7 @@ class PermutationDiscriminator(nn.Module):
         as sciPlex's ~2,000 (x, t, dose) triples against 1,024 cells a batch, most cells are alone).
         Such cells are left out of both the real and the permuted half; with none left the term is 0.
         """
+        ctx = ctx.unpaired()
         a, b = (ctx.z[name] for name in self.blocks)
         permutation = permute_within(condition_ids(ctx))
         moved = permutation != torch.arange(len(permutation), device=permutation.device)
@@ -206,6 +208,7 @@ class ConditionKL:
 
     def loss(self, ctx: Context) -> Tensor:
         """``Σ_conditions Σ_blocks KL(avg posterior || avg prior)`` over the minibatch's conditions."""
+        ctx = ctx.unpaired()
         groups = condition_ids(ctx)
         n_groups = int(groups.max()) + 1
         ones = torch.ones_like(groups, dtype=torch.float32)
