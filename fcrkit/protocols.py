@@ -119,7 +119,7 @@ class Context:
         loc, scale: posterior parameters per block.
         labels: every condition of the batch (``"x"``, ``"t"``), whatever the regulariser's spec.
         index: row numbers of the cells in the training data.
-        n_obs: number of training cells (the plate size).
+        n_obs: the plate size: the number of training cells, twice that with control pairing.
         epoch: current epoch (0-based); ``progress`` is the fraction of training done.
         module: the generic model, for regularisers that need to run its parts.
         pairs: with control pairing, the batch holds ``pairs`` cells followed by their ``pairs``
@@ -140,6 +140,26 @@ class Context:
     pairs: int = 0
     y: Tensor | None = field(default=None, repr=False)
     library: Tensor | None = field(default=None, repr=False)
+
+    def unpaired(self) -> Context:
+        """The context of the minibatch's own cells, without the paired controls appended to them.
+
+        A paired batch holds each cell twice over in effect: its own row and, for a control, the
+        rows where it was drawn as a partner. A term that should count each cell once (a classifier,
+        a discriminator, an independence penalty) reads this; the ELBO counts both branches. Without
+        pairing it is the context itself.
+        """
+        if not self.pairs:
+            return self
+        n = self.pairs
+
+        def head(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v[:n] for k, v in d.items()}
+
+        return replace(self, z=head(self.z), loc=head(self.loc), scale=head(self.scale), labels=head(self.labels),
+                       index=self.index[:n], n_obs=self.n_obs // 2, pairs=0,
+                       y=None if self.y is None else self.y[:n],
+                       library=None if self.library is None else self.library[:n])
 
     def detached(self) -> Context:
         """A copy whose latents carry no gradient (what adversaries train on)."""

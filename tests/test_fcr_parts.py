@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from anndata import AnnData
 
 import fcrkit
+import fcrkit.runconfig
 from fcrkit.components.structure import (
     ConditionKL,
     ControlSimilarity,
     LabelClassifier,
+    PermutationDiscriminator,
     permute_within,
 )
 from fcrkit.data.loaders import CellData
@@ -79,6 +84,25 @@ def test_permute_within_moves_cells_inside_their_group():
         assert moved[~singleton].all() and not moved[singleton].any()  # a lone cell stays
 
 
+def test_discriminator_leaves_out_cells_alone_in_their_condition():
+    """A lone cell's "permuted" pair is its real pair: it must not be labelled fake."""
+    torch.manual_seed(0)
+    disc = PermutationDiscriminator(ModelInfo({"t": 2, "tx": 2}, {"x": 4}, 5), blocks=["t", "tx"])
+    a, b = torch.randn(4, 2), torch.randn(4, 2)
+
+    def context(conditions: list[int]) -> Context:
+        return Context({"t": a, "tx": b}, {}, {}, {"x": torch.eye(4)[conditions]}, torch.arange(4), 4)
+
+    assert float(disc.adversary_loss(context([0, 1, 2, 3]))) == 0.0  # nothing can be permuted
+    # cells 0 and 1 share a condition (the permutation swaps them), cells 2 and 3 are alone
+    loss = disc.adversary_loss(context([0, 0, 1, 2]))
+    with torch.no_grad():
+        real = disc.adversary(torch.cat([a[:2], b[:2]], -1)).squeeze(-1)
+        fake = disc.adversary(torch.cat([a[:2], b[[1, 0]]], -1)).squeeze(-1)
+        expected = (F.softplus(-real) + F.softplus(fake)).mean()  # BCE(real, 1) + BCE(fake, 0), per cell
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_discriminator_gradient_reaches_the_encoders_unless_published_noop(world):
     grads = {}
     for noop in (False, True):
@@ -133,6 +157,54 @@ def test_condition_kl_is_zero_at_the_prior_and_positive_away(world):
     assert float(reg.loss(ctx)) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_condition_kl_sums_the_kl_of_the_averaged_gaussians_over_conditions():
+    """Two conditions of two cells each; the value is worked out by hand, not by the code under test."""
+    info = ModelInfo({"z": 1}, {"x": 2}, 5)
+    reg = ConditionKL(info)
+    x = torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]])  # conditions A, A, B, B
+    loc = torch.tensor([[0.0], [2.0], [1.0], [1.0]])
+    scale = torch.tensor([[1.0], [1.0], [2.0], [2.0]])
+    prior_loc = torch.tensor([[0.0], [0.0], [1.0], [1.0]])
+
+    class Module:  # the priors: N(0, 1) under A, N(1, 1) under B
+        def prior_distribution(self, block, labels, n):
+            return torch.distributions.Normal(prior_loc, torch.ones_like(prior_loc))
+
+    ctx = Context({"z": loc}, {"z": loc}, {"z": scale}, {"x": x}, torch.arange(4), 4, module=Module())
+    # A: averaged posterior N(1, 1) against N(0, 1): KL = 1/2.
+    # B: averaged posterior N(1, 2²) against N(1, 1): KL = log(1/2) + 4/2 - 1/2 = 1.5 - log 2.
+    assert float(reg.loss(ctx)) == pytest.approx(0.5 + 1.5 - np.log(2.0), rel=1e-6)
+
+
+def test_terms_count_each_cell_once_not_again_as_a_paired_control(world):
+    """Classifiers, discriminators, the condition KL and the independence penalties read the batch's own
+    cells; the paired controls (rows ``pairs:``) count in the ELBO only (and in the similarity term)."""
+    model = small_fcr(world, weights={"condition_kl": 1.0}, regularizers=[
+        {"name": "hsic", "key": "hsic", "weight": 1.0, "blocks": ["tx"], "label": "x"},
+        {"name": "total_correlation", "key": "tc", "weight": 1.0}])
+    paired = one_context(model, world, n=48)
+    n = paired.pairs
+
+    def head(d):
+        return {k: v[:n] for k, v in d.items()}
+
+    own = Context(head(paired.z), head(paired.loc), head(paired.scale), head(paired.labels), paired.index[:n],
+                  world.n_obs, module=model.module)
+    keys = ["treatment_classifier", "covariate_classifier", "permutation_t", "permutation_x", "condition_kl",
+            "hsic", "tc"]
+    for key in keys:
+        reg = model.module.regularizers[key]
+        values = []
+        for ctx in (paired, own):
+            torch.manual_seed(0)  # the discriminators' permutations and the TC's shuffles
+            values.append(float(reg.loss(ctx).detach()))
+            if hasattr(reg, "adversary_loss"):
+                torch.manual_seed(0)
+                values.append(float(reg.adversary_loss(ctx.detached()).detach()))
+        half = len(values) // 2
+        assert values[:half] == pytest.approx(values[half:], rel=1e-5), key
+
+
 def test_alternating_adversary_owns_every_kth_epoch(world):
     model = small_fcr(world, alternate_every=2, weights={"permutation_x": 0})
     reg = model.module.regularizers["permutation_t"]
@@ -185,6 +257,29 @@ def test_predict_redraws_treatment_blocks_and_checks_inputs(world):
         model.predict(strange, treatment="drug_1")
     with pytest.raises(DataError, match="genes differ"):
         model.predict(controls[:, :30].copy(), treatment="drug_1")
+
+
+@pytest.mark.parametrize("name", sorted(fcrkit.runconfig.recipes()))
+def test_every_recipe_passes_likelihood_options_through(name):
+    build = fcrkit.runconfig.recipes()[name].build_spec
+    assert "likelihood_options" in inspect.signature(build).parameters  # so run configs and benchmarks take them
+    spec = build(likelihood_options={"min_scale": 0.01})
+    assert spec.likelihood.options["min_scale"] == 0.01
+    assert build(likelihood_options=None) == build()
+    with pytest.raises(ConfigError, match="likelihood_options=3 must be a dict"):
+        build(likelihood_options=3)
+
+
+def test_gaussian_fcr_gets_a_per_cell_scale_through_likelihood_options(world, tmp_path):
+    logged = world.copy()
+    logged.X = np.log1p(logged.X)
+    model = small_fcr(logged, likelihood="gaussian", likelihood_options={"scale": "gene-cell", "min_scale": 0.01})
+    assert model.module.likelihood.heads == ("mean", "scale") and model.module.likelihood.min_scale == 0.01
+    model.save(tmp_path / "gaussian")
+    again = fcrkit.models.FCR.load(tmp_path / "gaussian", logged)
+    assert again.spec.likelihood.options == {"scale": "gene-cell", "min_scale": 0.01}
+    with pytest.raises(ConfigError, match="'scal'.*Options it accepts"):
+        small_fcr(logged, likelihood="gaussian", likelihood_options={"scal": "gene-cell"})
 
 
 def test_models_without_treatment_blocks_cannot_predict(world):

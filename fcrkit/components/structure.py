@@ -99,6 +99,7 @@ class LabelClassifier(nn.Module):
 
     def loss(self, ctx: Context) -> Tensor:
         """Binary cross-entropy of the (multi-hot) label, summed over its entries, averaged over cells."""
+        ctx = ctx.unpaired()  # each cell once, not again as another cell's paired control
         target = (ctx.labels[self.label] > 0).to(torch.float32)
         return F.binary_cross_entropy_with_logits(self.logits(ctx), target, reduction="none").sum(-1).mean()
 
@@ -107,7 +108,8 @@ class PermutationDiscriminator(nn.Module):
     """Adversary: real (z_a, z_b) pairs vs pairs with z_b permuted within a condition; encoders fool it.
 
     Within a condition the blocks should be independent, so the permutation must be undetectable.
-    The discriminator trains on detached latents with its own optimiser; the model's term is
+    Cells alone in their condition in the minibatch are left out (they cannot be permuted). The
+    discriminator trains on detached latents with its own optimiser; the model's term is
     ``-BCE`` of the discriminator (weight ``λ_perm``), so its gradient reaches the encoders.
 
     Args:
@@ -135,12 +137,23 @@ class PermutationDiscriminator(nn.Module):
         self.alternate_every, self.published_noop = int(alternate_every), bool(published_noop)
 
     def _bce(self, ctx: Context) -> Tensor:
+        """BCE over the cells that share their condition with another cell of the minibatch.
+
+        A cell alone in its condition cannot be permuted: its "permuted" pair would be its real pair
+        labelled fake, a contradiction the discriminator would be trained on (with many conditions,
+        as sciPlex's ~2,000 (x, t, dose) triples against 1,024 cells a batch, most cells are alone).
+        Such cells are left out of both the real and the permuted half; with none left the term is 0.
+        """
+        ctx = ctx.unpaired()
         a, b = (ctx.z[name] for name in self.blocks)
-        permuted = b.index_select(0, permute_within(condition_ids(ctx)))
+        permutation = permute_within(condition_ids(ctx))
+        moved = permutation != torch.arange(len(permutation), device=permutation.device)
+        keep = moved.to(a.dtype)
         real = self.adversary(torch.cat([a, b], dim=-1)).squeeze(-1)
-        fake = self.adversary(torch.cat([a, permuted], dim=-1)).squeeze(-1)
-        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        fake = self.adversary(torch.cat([a, b.index_select(0, permutation)], dim=-1)).squeeze(-1)
+        bce = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), reduction="none")
+               + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="none"))
+        return (bce * keep).sum() / keep.sum().clamp_min(1.0)  # no host sync: an all-alone batch gives 0
 
     def adversary_loss(self, ctx: Context) -> Tensor:
         """The discriminator's BCE, real pairs against pairs permuted within conditions."""
@@ -179,18 +192,23 @@ class ControlSimilarity:
 
 
 class ConditionKL:
-    """KL between per-condition averages of posterior and prior Gaussians, averaged over conditions.
+    """KL between per-condition averages of posterior and prior Gaussians, summed over conditions.
 
     Within the minibatch, cells are grouped by condition; the posterior means and scales, and the
     prior means and scales, are averaged per group, and ``KL(avg posterior || avg prior)`` is summed
-    over dimensions and blocks and averaged over the groups present.
+    over dimensions, blocks and the groups present, as the authors' "marginal" KL is (a sum over
+    groups, ``../shared/reference/FCR.md``). A sum, not a mean: each condition present pulls its
+    average posterior to its prior whatever the number of other conditions in the batch; the price is
+    that the term grows with the number of conditions a minibatch holds, so its weight depends on
+    the data (a mean would divide it by that number).
     """
 
     def __init__(self, info: ModelInfo, *, blocks: Sequence[str] | None = None):
         self.blocks = _check_blocks(info, list(info.block_dims) if blocks is None else blocks, "condition_kl")
 
     def loss(self, ctx: Context) -> Tensor:
-        """KL between per-condition averages of the posterior and prior Gaussians, summed over conditions."""
+        """``Σ_conditions Σ_blocks KL(avg posterior || avg prior)`` over the minibatch's conditions."""
+        ctx = ctx.unpaired()
         groups = condition_ids(ctx)
         n_groups = int(groups.max()) + 1
         ones = torch.ones_like(groups, dtype=torch.float32)
@@ -206,7 +224,7 @@ class ConditionKL:
             q = torch.distributions.Normal(average(ctx.loc[block]), average(ctx.scale[block]))
             p = torch.distributions.Normal(average(prior.loc.expand_as(ctx.loc[block])),
                                            average(prior.scale.expand_as(ctx.scale[block])))
-            total = total + torch.distributions.kl_divergence(q, p).sum(-1).mean()
+            total = total + torch.distributions.kl_divergence(q, p).sum()
         return total
 
 

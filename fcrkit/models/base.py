@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import os
 from collections.abc import Callable, Mapping
@@ -37,7 +39,7 @@ from fcrkit.errors import (
 from fcrkit.model import GenerativeModel
 from fcrkit.models import persistence
 from fcrkit.models.persistence import META_FILE, WEIGHTS_FILE
-from fcrkit.spec import ModelSpec, line_of
+from fcrkit.spec import ComponentSpec, ModelSpec, line_of
 from fcrkit.train import distributed
 from fcrkit.train.trainer import History, Trainer, TrainingPlan, resolve_device
 
@@ -358,7 +360,13 @@ class Recipe(Model):
     """A model whose spec is written by ``build_spec``; the recipe takes that function's arguments.
 
     A subclass sets ``build_spec = staticmethod(my_spec_function)`` and documents the arguments; its
-    signature (shown by ``help`` and IDEs) becomes ``(adata, <build_spec's arguments>, *, seed=None)``.
+    signature (shown by ``help`` and IDEs) becomes ``(adata, <build_spec's arguments>,
+    *, likelihood_options=None, seed=None)``.
+
+    Every recipe takes ``likelihood_options``: keyword options of its likelihood component, e.g.
+    ``FCR(adata, likelihood="gaussian", likelihood_options={"scale": "gene-cell"})`` for a per-cell
+    scale. They are added to ``build_spec`` itself, so a run config's ``[model]`` table and the
+    benchmark's recipe tables accept them too.
     """
 
     build_spec: ClassVar[Callable[..., ModelSpec]]
@@ -368,11 +376,44 @@ class Recipe(Model):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "build_spec" in cls.__dict__:
+            cls.build_spec = staticmethod(_with_likelihood_options(cls.__dict__["build_spec"].__func__))
         kinds = inspect.Parameter
         adata = kinds("adata", kinds.POSITIONAL_OR_KEYWORD, annotation=AnnData)
         seed = kinds("seed", kinds.KEYWORD_ONLY, default=None, annotation=int | None)
         arguments = inspect.signature(cls.build_spec).parameters.values()
         cls.__signature__ = inspect.Signature([adata, *arguments, seed])
+
+
+def _with_likelihood_options(build: Callable[..., ModelSpec]) -> Callable[..., ModelSpec]:
+    """``build`` with one more keyword argument, ``likelihood_options``, merged into its spec's likelihood."""
+    if getattr(build, "_adds_likelihood_options", False):  # a subclass reusing a parent's build_spec
+        return build
+
+    @functools.wraps(build)
+    def spec_with_likelihood_options(*args: Any, likelihood_options: Mapping[str, Any] | None = None,
+                                     **kwargs: Any) -> ModelSpec:
+        spec = build(*args, **kwargs)
+        if likelihood_options is None:
+            return spec
+        if not isinstance(likelihood_options, Mapping) or not all(isinstance(k, str) for k in likelihood_options):
+            raise ConfigError(f"likelihood_options={likelihood_options!r} must be a dict of the likelihood's "
+                              f"options, e.g. {{'scale': 'gene-cell'}} for likelihood 'gaussian'.")
+        lik = spec.likelihood
+        return dataclasses.replace(spec, likelihood=ComponentSpec(lik.name, lik.conditions,
+                                                                  {**lik.options, **likelihood_options}))
+
+    try:
+        signature = inspect.signature(build, eval_str=True)
+    except (NameError, TypeError, AttributeError, SyntaxError):
+        signature = inspect.signature(build)
+    params = list(signature.parameters.values())
+    option = inspect.Parameter("likelihood_options", inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Mapping[str, Any] | None)
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    spec_with_likelihood_options.__signature__ = signature.replace(parameters=[*params[:at], option, *params[at:]])
+    spec_with_likelihood_options._adds_likelihood_options = True
+    return spec_with_likelihood_options
 
 
 def _check_adata(adata: Any, argument: str = "adata") -> None:
