@@ -44,6 +44,18 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 BLOCKS = ("x", "tx", "t")  # the decoder reads [z_x, z_tx, z_t]
 
+#: Settings that make FCR's interaction block identifiable on ``fcrkit.simulate.hard_interaction``
+#: (``FCR(adata, **HARD_WORLD["model"])``, ``model.train(**HARD_WORLD["train"])``): every prior is a
+#: free per-condition table (``tx_prior="outer"``, ``prior_layers=0``), so that the priors of
+#: ``z_tx`` vary across all (x, t) pairs as freely as the identifiability theory asks. Not the
+#: default: a table has no learned entry for a (covariate, treatment) pair never seen in training,
+#: whose ``z_tx`` prior then falls back to the main effects plus an untrained interaction weight.
+#: Measurements: ``docs/recipes/fcr.md`` (``benchmarks/fcr_hard_world.py``).
+HARD_WORLD: dict[str, dict[str, Any]] = {
+    "model": {"tx_prior": "outer", "prior_layers": 0},
+    "train": {"max_epochs": 60, "batch_size": 256, "lr": 3e-3},
+}
+
 
 def fcr_spec(
     likelihood: str = "nb",
@@ -131,9 +143,12 @@ class FCR(Recipe):
         regularizers: extra regularisers (names, dicts or RegularizerSpecs) added to the spec, or
             replacing the FCR term with the same key; e.g. ``[{"name": "my_hsic", "weight": 10}]``.
         tx_prior: form of ``p(z_tx | t, x)``: ``"concat"`` (an MLP on the concatenated label
-            embeddings, as in the authors' run) or ``"product"`` (``k_t ⊙ k_x``, the paper's figure).
+            embeddings, as in the authors' run), ``"product"`` (``k_t ⊙ k_x``, the paper's figure)
+            or ``"outer"`` (features of every label interaction; with ``prior_layers=0`` a free
+            table per condition, see :data:`HARD_WORLD`).
         n_hidden, n_layers: encoder and decoder MLPs.
         prior_hidden: the priors' embedding width.
+        prior_layers: hidden layers of each prior's embedding (0: linear in the label features).
         kl_warmup_epochs: linear KL warm-up.
         control_pairing: ``"covariates"`` (controls of the same covariates) or ``"any"``.
         published_noop: reproduce the published code's discriminators, which pass no gradient.
