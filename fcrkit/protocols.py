@@ -103,11 +103,22 @@ class Likelihood(Protocol):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a regulariser factory is told about the model it joins."""
+    """What a regulariser factory is told about the model it joins.
+
+    Attributes:
+        block_dims: the latent blocks and their sizes.
+        label_dims: the width of each label (``"x"``, ``"t"``).
+        n_genes: the number of genes.
+        label_groups: for a label that is one-hot per column (the covariates ``"x"``, one column per
+            covariate key), the width of each column in order, e.g. ``{"x": (4, 2)}`` for a cell line
+            with 4 levels and a replicate with 2; a label not listed (the multi-hot treatment ``"t"``)
+            has no such structure.
+    """
 
     block_dims: Mapping[str, int]
     label_dims: Mapping[str, int]
     n_genes: int
+    label_groups: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass

@@ -135,6 +135,24 @@ def test_label_classifier_learns_a_separable_label():
         LabelClassifier(info, blocks=["zz"], label="t")
 
 
+def test_covariate_classifier_has_one_softmax_per_covariate_column(world):
+    """Two covariate columns (2 levels each): the loss is the cross-entropy of each column, summed."""
+    adata = world.copy()
+    adata.obs["replicate"] = pd.Categorical(np.where(np.arange(adata.n_obs) % 3 == 0, "r1", "r2"))
+    fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["covariate", "replicate"])
+    model = small_fcr(adata)
+    reg = model.module.regularizers["covariate_classifier"]
+    ctx = one_context(model, adata, n=60)
+    out = reg.classifier[-1]
+    with torch.no_grad():  # fixed logits: covariate (log 2, 0), replicate (0, 0)
+        out.weight.zero_()
+        out.bias.copy_(torch.tensor([np.log(2.0), 0, 0, 0]))
+    covariate = adata.obs["covariate"].cat.codes.to_numpy()[:60]
+    # softmax of (log 2, 0) is (2/3, 1/3); the replicate column is uniform over its 2 levels
+    expected = np.mean(np.where(covariate == 0, np.log(1.5), np.log(3.0))) + np.log(2.0)
+    assert float(reg.loss(ctx)) == pytest.approx(expected, rel=1e-5)
+
+
 def test_control_similarity_value():
     info = ModelInfo({"x": 2, "t": 2}, {"t": 1}, 10)
     sim = ControlSimilarity(info)

@@ -69,7 +69,7 @@ class Model:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            self.module = GenerativeModel(spec, setup.label_dims, adata.n_vars)
+            self.module = GenerativeModel(spec, setup.label_dims, adata.n_vars, label_groups=setup.label_groups)
         check_values(get_matrix(adata, setup.layer, stream=True), self.module.likelihood.input_kind,
                      likelihood=spec.likelihood.name, layer=setup.layer)
         self.var_names = [str(v) for v in adata.var_names]
