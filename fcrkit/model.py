@@ -64,6 +64,9 @@ class GenerativeModel(nn.Module):
                 self.encoders[block.name] = self._build(
                     registry, "encoder", block.encoder, f"{block.name}.encoder", self.n_genes, block.dim
                 )
+        for prior in self.priors.values():  # a prior may use parts of other blocks' priors (Prior.link)
+            if callable(getattr(prior, "link", None)):
+                prior.link(dict(self.priors))
         if spec.joint_encoder is not None:  # one encoder, its output split into the blocks
             self.encoders["joint"] = self._build(
                 registry, "encoder", spec.joint_encoder, "joint.encoder", self.n_genes, n_latent

@@ -59,6 +59,10 @@ class Prior(Protocol):
     ``distribution(labels, n)`` returns a Pyro distribution with batch shape ``(n,)`` and event shape
     ``(dim,)``. Return a diagonal ``Normal(...).to_event(1)`` to get the analytic KL of
     ``TraceMeanField_ELBO``.
+
+    Optionally ``link(priors)``: called once, after every block's prior is built, with all of them by
+    block name, for a prior that reuses parts of another block's prior (e.g. its label embedding);
+    the parts stay registered with, and saved by, the prior that built them.
     """
 
     def distribution(self, labels: Labels, n: int) -> Distribution:

@@ -13,6 +13,7 @@ from anndata import AnnData
 
 import fcrkit
 import fcrkit.runconfig
+from fcrkit.components.priors import ConditionalGaussian
 from fcrkit.components.structure import (
     ConditionKL,
     ControlSimilarity,
@@ -318,12 +319,34 @@ def test_joint_encoder_variant_splits_one_encoder_into_the_blocks(world, tmp_pat
     np.testing.assert_array_equal(again.get_latent_representation()["X_fcr_tx"], latent["X_fcr_tx"])
 
 
-def test_product_prior_multiplies_the_label_embeddings(world):
+def test_product_prior_shares_the_label_embeddings_of_the_x_and_t_priors(world, tmp_path):
+    """p(z_tx | t, x) reads k_t ⊙ k_x with the very embeddings of p(z_t | t) and p(z_x | x) (Fig. 2a)."""
     model = small_fcr(world, tx_prior="product")
-    prior = model.module.priors["tx"]
-    assert prior.combine == "product" and set(prior.embed) == {"x", "t"}
+    priors = model.module.priors
+    assert [name for name, _ in priors["tx"].named_parameters()] == ["loc.weight", "loc.bias", "scale.weight",
+                                                                       "scale.bias"]  # no embedding of its own
+    with torch.no_grad():  # known embeddings: k_x = relu(2) = 2 and k_t = relu(3) = 3 in every entry
+        for block, value in (("x", 2.0), ("t", 3.0)):
+            layer = priors[block].embed["all"][0]
+            layer.weight.zero_()
+            layer.bias.fill_(value)
+        priors["tx"].loc.weight.fill_(1.0 / 16)  # the mean of the 16 entries of k_t ⊙ k_x
+        priors["tx"].loc.bias.zero_()
     labels = {"x": torch.eye(2)[[0, 1]], "t": torch.eye(2)[[1, 1]]}
-    expected = prior.embed["x"](labels["x"]) * prior.embed["t"](labels["t"])
-    torch.testing.assert_close(prior.embedding(labels), expected)
-    scale = prior.distribution(labels, 2).base_dist.scale
+    torch.testing.assert_close(model.module.prior_distribution("tx", labels, 2).loc, torch.full((2, 2), 6.0))
+    # a gradient of the tx prior reaches the x and t priors' embeddings
+    model = small_fcr(world, tx_prior="product")
+    model.module.prior_distribution("tx", labels, 2).scale.sum().backward()
+    for block in ("x", "t"):
+        assert model.module.priors[block].embed["all"][0].weight.grad.abs().sum() > 0
+    # saved once (by their owners) and shared again after loading
+    model.save(tmp_path / "product")
+    again = fcrkit.models.FCR.load(tmp_path / "product", world)
+    with torch.no_grad():
+        again.module.priors["x"].embed["all"][0].bias.add_(1.0)
+    moved = again.module.prior_distribution("tx", labels, 2).loc
+    assert not torch.allclose(moved, model.module.prior_distribution("tx", labels, 2).loc)
+    scale = model.module.prior_distribution("tx", labels, 2).scale
     assert not torch.allclose(scale[0], scale[1])  # the scale depends on the condition too
+    with pytest.raises(ConfigError, match="embeddings_from=.*needs combine='product'"):
+        ConditionalGaussian(2, {"x": 2, "t": 2}, combine="concat", embeddings_from={"x": "x", "t": "t"})

@@ -87,6 +87,8 @@ def fcr_spec(
         options: dict[str, Any] = {"n_hidden": prior_hidden}
         if block == "tx":
             options["combine"] = tx_prior
+            if tx_prior == "product":  # k_t ⊙ k_x with the embeddings of p(z_t | t) and p(z_x | x)
+                options["embeddings_from"] = {"x": "x", "t": "t"}
         return ComponentSpec("conditional_gaussian", conditions[block], options)
 
     blocks = tuple(BlockSpec(b, sizes[b], prior=prior(b), encoder=ComponentSpec("mlp", conditions[b], encoder))
@@ -129,8 +131,9 @@ class FCR(Recipe):
         weights: override weights of the terms in :data:`DEFAULT_WEIGHTS` (0 removes a term).
         regularizers: extra regularisers (names, dicts or RegularizerSpecs) added to the spec, or
             replacing the FCR term with the same key; e.g. ``[{"name": "my_hsic", "weight": 10}]``.
-        tx_prior: form of ``p(z_tx | t, x)``: ``"concat"`` (an MLP on the concatenated label
-            embeddings, as in the authors' run) or ``"product"`` (``k_t ⊙ k_x``, the paper's figure).
+        tx_prior: form of ``p(z_tx | t, x)``: ``"concat"`` (an MLP on the concatenated labels, as
+            in the authors' run) or ``"product"`` (``k_t ⊙ k_x``, the paper's figure, with the label
+            embeddings ``k_x``, ``k_t`` of the priors ``p(z_x | x)`` and ``p(z_t | t)``, shared).
         n_hidden, n_layers: encoder and decoder MLPs.
         prior_hidden: the priors' embedding width.
         kl_warmup_epochs: linear KL warm-up.
