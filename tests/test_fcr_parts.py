@@ -301,6 +301,31 @@ def test_gaussian_fcr_gets_a_per_cell_scale_through_likelihood_options(world, tm
         small_fcr(logged, likelihood="gaussian", likelihood_options={"scal": "gene-cell"})
 
 
+def test_posterior_shift_keeps_the_cells_posterior_and_moves_it_by_the_prior_means(world):
+    model = small_fcr(world)  # untrained: the algebra does not need a fit
+    controls = world[world.obs["treatment"] == "control"].copy()
+    data = CellData.from_anndata(controls, model.setup)
+    batch = data.batch(torch.arange(data.n_obs))
+    module = model.module.eval()
+    with torch.no_grad():
+        z = {name: loc for name, (loc, _) in module.encode(batch).items()}
+        # predicting a cell's own condition gives back its reconstruction, exactly
+        own = model.predict(controls, treatment="control", counterfactual="shift")
+        np.testing.assert_allclose(own.X, module.decode_mean(z, batch.labels, batch.library).numpy(), rtol=1e-5)
+        # another treatment: z_t and z_tx move by the difference of their prior means, z_x stays
+        target = model._target_labels(controls, "drug_1", 1.0)
+        for name in ("t", "tx"):
+            z[name] = (z[name] + module.prior_distribution(name, target, data.n_obs).mean
+                       - module.prior_distribution(name, batch.labels, data.n_obs).mean)
+        expected = module.decode_mean(z, target, batch.library).numpy()
+    shifted = model.predict(controls, treatment="drug_1", counterfactual="shift")
+    np.testing.assert_allclose(shifted.X, expected, rtol=1e-5)
+    assert shifted.uns["fcrkit_prediction"]["shifted_blocks"] == ["tx", "t"]
+    assert not np.allclose(shifted.X, model.predict(controls, treatment="drug_1", from_prior="mean").X)
+    with pytest.raises(ConfigError, match="counterfactual='posterior'"):
+        model.predict(controls, treatment="drug_1", counterfactual="posterior")
+
+
 def test_models_without_treatment_blocks_cannot_predict(world):
     model = fcrkit.models.SCVI(world, n_latent=2, n_hidden=16)
     with pytest.raises(ConfigError, match="cannot predict"):
