@@ -149,7 +149,8 @@ class FCR(Recipe):
             3 seeds 0.58 with it, 0.75 without).
 
     Latents go to ``obsm["X_fcr_x"]``, ``["X_fcr_tx"]``, ``["X_fcr_t"]``; ``predict`` redraws ``z_t``
-    and ``z_tx`` from their priors under the target condition.
+    and ``z_tx`` from their priors under the target condition (``counterfactual="shift"``: shifts the
+    cell's posterior by the difference of the prior means instead).
     """
 
     build_spec = staticmethod(fcr_spec)
