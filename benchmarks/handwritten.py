@@ -135,8 +135,8 @@ def fcr_step(module: nn.Module, optimizer: torch.optim.Optimizer, adversaries: d
     terms = {
         "treatment_classifier": F.binary_cross_entropy_with_logits(
             regs["treatment_classifier"].classifier(own["t"]), (t[:n] > 0).float(), reduction="none").sum(-1).mean(),
-        "covariate_classifier": F.binary_cross_entropy_with_logits(
-            regs["covariate_classifier"].classifier(own["x"]), (x[:n] > 0).float(), reduction="none").sum(-1).mean(),
+        "covariate_classifier": F.cross_entropy(  # one covariate column: one softmax
+            regs["covariate_classifier"].classifier(own["x"]), x[:n].argmax(-1)),
     }
     treated = (t[:n].sum(-1) > 0).float()
     cos_t = F.cosine_similarity(loc["t"][:n], loc["t"][n:], dim=-1)

@@ -59,6 +59,10 @@ class Prior(Protocol):
     ``distribution(labels, n)`` returns a Pyro distribution with batch shape ``(n,)`` and event shape
     ``(dim,)``. Return a diagonal ``Normal(...).to_event(1)`` to get the analytic KL of
     ``TraceMeanField_ELBO``.
+
+    Optionally ``link(priors)``: called once, after every block's prior is built, with all of them by
+    block name, for a prior that reuses parts of another block's prior (e.g. its label embedding);
+    the parts stay registered with, and saved by, the prior that built them.
     """
 
     def distribution(self, labels: Labels, n: int) -> Distribution:
@@ -103,11 +107,22 @@ class Likelihood(Protocol):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a regulariser factory is told about the model it joins."""
+    """What a regulariser factory is told about the model it joins.
+
+    Attributes:
+        block_dims: the latent blocks and their sizes.
+        label_dims: the width of each label (``"x"``, ``"t"``).
+        n_genes: the number of genes.
+        label_groups: for a label that is one-hot per column (the covariates ``"x"``, one column per
+            covariate key), the width of each column in order, e.g. ``{"x": (4, 2)}`` for a cell line
+            with 4 levels and a replicate with 2; a label not listed (the multi-hot treatment ``"t"``)
+            has no such structure.
+    """
 
     block_dims: Mapping[str, int]
     label_dims: Mapping[str, int]
     n_genes: int
+    label_groups: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass

@@ -5,30 +5,46 @@ from __future__ import annotations
 import math
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import fcrkit.cli
 from fcrkit.benchmark import BenchmarkConfig, HoldOut, run_benchmark, simulated_data
 from fcrkit.errors import ConfigError
+from fcrkit.metrics import cluster_scores, mcc, mean_log_expression, prediction_scores
 
 FAST = {"max_epochs": 4, "batch_size": 128, "accelerator": "cpu"}
 
 
 def test_recipes_are_scored_alike_on_one_split(tmp_path):
+    """Every number in the table is reproduced from the returned models by the metric it names."""
     adata, setup = simulated_data("interaction", n_cells=600, n_genes=60, seed=0)
     before = adata.copy()
     result = run_benchmark(adata, setup, {"SCVI": {}, "FCR": {}}, train=FAST, progress=None,
                            hold_out=[HoldOut("covariate", "cov_0", "drug_0")], output=tmp_path / "bench")
     table = result.table
     assert list(table.index) == ["SCVI", "FCR", "no change"]
+    obs = adata.obs
+    held = (obs["covariate"] == "cov_0") & (obs["treatment"] == "drug_0")
+    controls = adata[(obs["covariate"] == "cov_0") & (obs["treatment"] == "control")].copy()
+    truth = adata[held].X
     for name in ("SCVI", "FCR"):
-        assert 0 < table.loc[name, "mcc"] <= 1
-        assert 0 <= table.loc[name, "nmi_covariate"] <= 1 and 0 <= table.loc[name, "nmi_treatment"] <= 1
-        assert table.loc[name, "train_s"] > 0 and table.loc[name, "cells_per_s"] > 0 and table.loc[name, "epochs"] == 4
+        model = result.models[name]
+        assert model.adata.n_obs == adata.n_obs - held.sum()  # trained without the held-out condition
+        latent = np.hstack(list(model.get_latent_representation().values()))
+        assert table.loc[name, "mcc"] == pytest.approx(mcc(model.adata.obsm["z_true"], latent, seed=0).value)
+        for key in ("covariate", "treatment"):
+            nmi = cluster_scores(latent, model.adata.obs[key].astype(str), seed=0)["nmi"]
+            assert table.loc[name, f"nmi_{key}"] == pytest.approx(nmi)
+        assert table.loc[name, "epochs"] == 4
     # scVI has no treatment-dependent part: it cannot predict; FCR and the no-change answer can
     assert math.isnan(table.loc["SCVI", "r2_top50"])
-    assert all(math.isfinite(table.loc[r, k]) for r in ("FCR", "no change") for k in ("r2_top50", "mse_top20"))
+    fcr = prediction_scores(truth, result.models["FCR"].predict(controls, treatment="drug_0", seed=0).X, controls.X)
+    none = prediction_scores(truth, control_counts=controls.X, pred_mean=mean_log_expression(controls.X))
+    for row, scores in (("FCR", fcr), ("no change", none)):
+        for key in ("r2_top50", "mse_top20"):
+            assert table.loc[row, key] == pytest.approx(scores[key], rel=1e-5), (row, key)
     # the latent sizes default to the true ones of the simulated data
     assert result.models["FCR"].spec.block_dims == {b: adata.obsm[f"z_{b}"].shape[1] for b in ("x", "t", "tx")}
     saved = pd.read_csv(result.files["table"], index_col="recipe")

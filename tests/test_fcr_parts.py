@@ -13,6 +13,7 @@ from anndata import AnnData
 
 import fcrkit
 import fcrkit.runconfig
+from fcrkit.components.priors import ConditionalGaussian
 from fcrkit.components.structure import (
     ConditionKL,
     ControlSimilarity,
@@ -133,6 +134,24 @@ def test_label_classifier_learns_a_separable_label():
     assert float(clf.loss(ctx).detach()) < 0.1 * first
     with pytest.raises(ConfigError, match="unknown block 'zz'"):
         LabelClassifier(info, blocks=["zz"], label="t")
+
+
+def test_covariate_classifier_has_one_softmax_per_covariate_column(world):
+    """Two covariate columns (2 levels each): the loss is the cross-entropy of each column, summed."""
+    adata = world.copy()
+    adata.obs["replicate"] = pd.Categorical(np.where(np.arange(adata.n_obs) % 3 == 0, "r1", "r2"))
+    fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["covariate", "replicate"])
+    model = small_fcr(adata)
+    reg = model.module.regularizers["covariate_classifier"]
+    ctx = one_context(model, adata, n=60)
+    out = reg.classifier[-1]
+    with torch.no_grad():  # fixed logits: covariate (log 2, 0), replicate (0, 0)
+        out.weight.zero_()
+        out.bias.copy_(torch.tensor([np.log(2.0), 0, 0, 0]))
+    covariate = adata.obs["covariate"].cat.codes.to_numpy()[:60]
+    # softmax of (log 2, 0) is (2/3, 1/3); the replicate column is uniform over its 2 levels
+    expected = np.mean(np.where(covariate == 0, np.log(1.5), np.log(3.0))) + np.log(2.0)
+    assert float(reg.loss(ctx)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_control_similarity_value():
@@ -282,6 +301,31 @@ def test_gaussian_fcr_gets_a_per_cell_scale_through_likelihood_options(world, tm
         small_fcr(logged, likelihood="gaussian", likelihood_options={"scal": "gene-cell"})
 
 
+def test_posterior_shift_keeps_the_cells_posterior_and_moves_it_by_the_prior_means(world):
+    model = small_fcr(world)  # untrained: the algebra does not need a fit
+    controls = world[world.obs["treatment"] == "control"].copy()
+    data = CellData.from_anndata(controls, model.setup)
+    batch = data.batch(torch.arange(data.n_obs))
+    module = model.module.eval()
+    with torch.no_grad():
+        z = {name: loc for name, (loc, _) in module.encode(batch).items()}
+        # predicting a cell's own condition gives back its reconstruction, exactly
+        own = model.predict(controls, treatment="control", counterfactual="shift")
+        np.testing.assert_allclose(own.X, module.decode_mean(z, batch.labels, batch.library).numpy(), rtol=1e-5)
+        # another treatment: z_t and z_tx move by the difference of their prior means, z_x stays
+        target = model._target_labels(controls, "drug_1", 1.0)
+        for name in ("t", "tx"):
+            z[name] = (z[name] + module.prior_distribution(name, target, data.n_obs).mean
+                       - module.prior_distribution(name, batch.labels, data.n_obs).mean)
+        expected = module.decode_mean(z, target, batch.library).numpy()
+    shifted = model.predict(controls, treatment="drug_1", counterfactual="shift")
+    np.testing.assert_allclose(shifted.X, expected, rtol=1e-5)
+    assert shifted.uns["fcrkit_prediction"]["shifted_blocks"] == ["tx", "t"]
+    assert not np.allclose(shifted.X, model.predict(controls, treatment="drug_1", from_prior="mean").X)
+    with pytest.raises(ConfigError, match="counterfactual='posterior'"):
+        model.predict(controls, treatment="drug_1", counterfactual="posterior")
+
+
 def test_models_without_treatment_blocks_cannot_predict(world):
     model = fcrkit.models.SCVI(world, n_latent=2, n_hidden=16)
     with pytest.raises(ConfigError, match="cannot predict"):
@@ -300,12 +344,34 @@ def test_joint_encoder_variant_splits_one_encoder_into_the_blocks(world, tmp_pat
     np.testing.assert_array_equal(again.get_latent_representation()["X_fcr_tx"], latent["X_fcr_tx"])
 
 
-def test_product_prior_multiplies_the_label_embeddings(world):
+def test_product_prior_shares_the_label_embeddings_of_the_x_and_t_priors(world, tmp_path):
+    """p(z_tx | t, x) reads k_t ⊙ k_x with the very embeddings of p(z_t | t) and p(z_x | x) (Fig. 2a)."""
     model = small_fcr(world, tx_prior="product")
-    prior = model.module.priors["tx"]
-    assert prior.combine == "product" and set(prior.embed) == {"x", "t"}
+    priors = model.module.priors
+    assert [name for name, _ in priors["tx"].named_parameters()] == ["loc.weight", "loc.bias", "scale.weight",
+                                                                       "scale.bias"]  # no embedding of its own
+    with torch.no_grad():  # known embeddings: k_x = relu(2) = 2 and k_t = relu(3) = 3 in every entry
+        for block, value in (("x", 2.0), ("t", 3.0)):
+            layer = priors[block].embed["all"][0]
+            layer.weight.zero_()
+            layer.bias.fill_(value)
+        priors["tx"].loc.weight.fill_(1.0 / 16)  # the mean of the 16 entries of k_t ⊙ k_x
+        priors["tx"].loc.bias.zero_()
     labels = {"x": torch.eye(2)[[0, 1]], "t": torch.eye(2)[[1, 1]]}
-    expected = prior.embed["x"](labels["x"]) * prior.embed["t"](labels["t"])
-    torch.testing.assert_close(prior.embedding(labels), expected)
-    scale = prior.distribution(labels, 2).base_dist.scale
+    torch.testing.assert_close(model.module.prior_distribution("tx", labels, 2).loc, torch.full((2, 2), 6.0))
+    # a gradient of the tx prior reaches the x and t priors' embeddings
+    model = small_fcr(world, tx_prior="product")
+    model.module.prior_distribution("tx", labels, 2).scale.sum().backward()
+    for block in ("x", "t"):
+        assert model.module.priors[block].embed["all"][0].weight.grad.abs().sum() > 0
+    # saved once (by their owners) and shared again after loading
+    model.save(tmp_path / "product")
+    again = fcrkit.models.FCR.load(tmp_path / "product", world)
+    with torch.no_grad():
+        again.module.priors["x"].embed["all"][0].bias.add_(1.0)
+    moved = again.module.prior_distribution("tx", labels, 2).loc
+    assert not torch.allclose(moved, model.module.prior_distribution("tx", labels, 2).loc)
+    scale = model.module.prior_distribution("tx", labels, 2).scale
     assert not torch.allclose(scale[0], scale[1])  # the scale depends on the condition too
+    with pytest.raises(ConfigError, match="embeddings_from=.*needs combine='product'"):
+        ConditionalGaussian(2, {"x": 2, "t": 2}, combine="concat", embeddings_from={"x": "x", "t": "t"})

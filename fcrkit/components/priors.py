@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import pyro.distributions as dist
 import torch
@@ -68,6 +69,12 @@ class ConditionalGaussian(nn.Module):
         activation: hidden activation.
         learn_scale: if False the scale is fixed to 1 and only the mean depends on the labels.
         min_scale: floor of the prior standard deviation.
+        embeddings_from: with ``"product"``, take each condition's embedding from another block's
+            prior instead of owning one: ``{"x": "x", "t": "t"}`` multiplies the embeddings of the
+            priors of blocks ``x`` (conditioned on ``x`` alone) and ``t`` (on ``t`` alone), FCR's
+            ``p(z_tx | t, x)`` from ``k_t ⊙ k_x`` with the very ``k_x``, ``k_t`` of ``p(z_x | x)`` and
+            ``p(z_t | t)`` (the paper's Figure 2a). Those priors own the embeddings (and save them);
+            this one holds only its mean and scale heads. Resolved by :meth:`link`.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class ConditionalGaussian(nn.Module):
         activation: str = "relu",
         learn_scale: bool = True,
         min_scale: float = 1e-3,
+        embeddings_from: Mapping[str, str] | None = None,
     ):
         super().__init__()
         if not label_dims:
@@ -95,7 +103,15 @@ class ConditionalGaussian(nn.Module):
         self.dim = dim
         self.conditions = tuple(label_dims)
         self.combine = combine
-        if combine in ("concat", "outer"):
+        self.embeddings_from = dict(embeddings_from or {})
+        self._shared: dict[str, nn.Module] = {}  # plain attribute: the owners register (and save) them
+        if self.embeddings_from:
+            if combine != "product" or set(self.embeddings_from) != set(self.conditions):
+                raise ConfigError(f"option embeddings_from={self.embeddings_from!r} needs combine='product' and one "
+                                  f"block per condition of this prior ({listing(self.conditions)}).")
+            self.embed = nn.ModuleDict()
+            width = n_hidden
+        elif combine in ("concat", "outer"):
             n_in = total_width(label_dims) if combine == "concat" else math.prod(d + 1 for d in label_dims.values())
             self.embed = nn.ModuleDict({"all": mlp(n_in, n_hidden, n_layers, norm="none", activation=activation)})
             width = mlp_width(n_in, n_hidden, n_layers)
@@ -114,11 +130,34 @@ class ConditionalGaussian(nn.Module):
             return self.embed["all"](label_matrix(labels, self.conditions))
         if self.combine == "outer":
             return self.embed["all"](outer_features(labels, self.conditions))
-        parts = [self.embed[key](labels[key]) for key in self.conditions]
+        if self.embeddings_from:
+            if not self._shared:
+                raise ConfigError("prior 'conditional_gaussian' with embeddings_from is used before link(priors) "
+                                  "gave it the other blocks' priors (the generic model does that when it is built).")
+            parts = [self._shared[key].embedding({key: labels[key]}) for key in self.conditions]
+        else:
+            parts = [self.embed[key](labels[key]) for key in self.conditions]
         out = parts[0]
         for part in parts[1:]:
             out = out * part
         return out
+
+    def link(self, priors: Mapping[str, nn.Module]) -> None:
+        """Take the embeddings named by ``embeddings_from`` from the other blocks' ``priors``."""
+        for key, block in self.embeddings_from.items():
+            source = priors.get(block)
+            if source is None:
+                raise ConfigError(f"prior 'conditional_gaussian': embeddings_from names block {block!r}, which the "
+                                  f"model does not have (blocks: {listing(priors)}).")
+            if getattr(source, "conditions", None) != (key,) or not callable(getattr(source, "embedding", None)):
+                raise ConfigError(f"prior 'conditional_gaussian': embeddings_from={{{key!r}: {block!r}}} needs block "
+                                  f"{block!r}'s prior to embed {key!r} alone, but it is {type(source).__name__} with "
+                                  f"conditions {listing(getattr(source, 'conditions', ()))}.")
+            width = getattr(getattr(source, "loc", None), "in_features", None)
+            if width != self.loc.in_features:
+                raise ConfigError(f"prior 'conditional_gaussian': block {block!r}'s embedding of {key!r} is {width} "
+                                  f"wide, this prior's n_hidden is {self.loc.in_features}; give both the same width.")
+            self._shared[key] = source
 
     def distribution(self, labels: Labels, n: int) -> dist.Distribution:
         """``N(μ(labels), diag σ²(labels))`` for the ``n`` cells of ``labels``."""

@@ -70,8 +70,11 @@ def _head(n_input: int, n_output: int, n_hidden: int, n_layers: int) -> nn.Seque
 class LabelClassifier(nn.Module):
     """Classify a label from latent blocks (trained with the model); FCR's f_ct and z_x -> x.
 
-    Labels are multi-hot (combinations, several covariate columns), so the loss is the binary
-    cross-entropy summed over label entries and averaged over cells.
+    A label made of one-hot columns (the covariates: one column per covariate key, see
+    ``ModelInfo.label_groups``) gets one softmax head per column and the cross-entropy of each
+    column, summed over columns and averaged over cells: each column is one categorical choice. A
+    multi-hot label (the treatment, whose combinations switch several entries on; controls none)
+    gets the binary cross-entropy summed over its entries.
 
     Args:
         blocks: the blocks the classifier reads (concatenated).
@@ -91,6 +94,10 @@ class LabelClassifier(nn.Module):
         self.label, self.use = label, use
         n_in = sum(info.block_dims[b] for b in self.blocks)
         self.classifier = _head(n_in, info.label_dims[label], n_hidden, n_layers)
+        self.groups = tuple(info.label_groups.get(label, ()))  # empty: a multi-hot label
+        if self.groups and sum(self.groups) != info.label_dims[label]:
+            raise ConfigError(f"regularizer 'label_classifier': label {label!r} is {info.label_dims[label]} wide, but "
+                              f"its one-hot columns {list(self.groups)} add up to {sum(self.groups)}.")
 
     def logits(self, ctx: Context) -> Tensor:
         """The classifier's logits of the label from the chosen blocks."""
@@ -98,10 +105,16 @@ class LabelClassifier(nn.Module):
         return self.classifier(torch.cat([latents[b] for b in self.blocks], dim=-1))
 
     def loss(self, ctx: Context) -> Tensor:
-        """Binary cross-entropy of the (multi-hot) label, summed over its entries, averaged over cells."""
+        """Cross-entropy per one-hot column (BCE per entry for a multi-hot label), summed, averaged over cells."""
         ctx = ctx.unpaired()  # each cell once, not again as another cell's paired control
-        target = (ctx.labels[self.label] > 0).to(torch.float32)
-        return F.binary_cross_entropy_with_logits(self.logits(ctx), target, reduction="none").sum(-1).mean()
+        logits, label = self.logits(ctx), ctx.labels[self.label]
+        if not self.groups:
+            target = (label > 0).to(logits.dtype)
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1).mean()
+        total = logits.new_zeros(())
+        for column, target in zip(logits.split(self.groups, -1), label.split(self.groups, -1)):
+            total = total + F.cross_entropy(column, target.argmax(-1))
+        return total
 
 
 class PermutationDiscriminator(nn.Module):

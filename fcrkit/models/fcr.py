@@ -100,6 +100,8 @@ def fcr_spec(
         options: dict[str, Any] = {"n_hidden": prior_hidden, "n_layers": prior_layers}
         if block == "tx":
             options["combine"] = tx_prior
+            if tx_prior == "product":  # k_t ⊙ k_x with the embeddings of p(z_t | t) and p(z_x | x)
+                options["embeddings_from"] = {"x": "x", "t": "t"}
         return ComponentSpec("conditional_gaussian", conditions[block], options)
 
     blocks = tuple(BlockSpec(b, sizes[b], prior=prior(b), encoder=ComponentSpec("mlp", conditions[b], encoder))
@@ -142,10 +144,11 @@ class FCR(Recipe):
         weights: override weights of the terms in :data:`DEFAULT_WEIGHTS` (0 removes a term).
         regularizers: extra regularisers (names, dicts or RegularizerSpecs) added to the spec, or
             replacing the FCR term with the same key; e.g. ``[{"name": "my_hsic", "weight": 10}]``.
-        tx_prior: form of ``p(z_tx | t, x)``: ``"concat"`` (an MLP on the concatenated label
-            embeddings, as in the authors' run), ``"product"`` (``k_t ⊙ k_x``, the paper's figure)
-            or ``"outer"`` (features of every label interaction; with ``prior_layers=0`` a free
-            table per condition, see :data:`HARD_WORLD`).
+        tx_prior: form of ``p(z_tx | t, x)``: ``"concat"`` (an MLP on the concatenated labels, as
+            in the authors' run), ``"product"`` (``k_t ⊙ k_x``, the paper's figure, with the label
+            embeddings ``k_x``, ``k_t`` of the priors ``p(z_x | x)`` and ``p(z_t | t)``, shared) or
+            ``"outer"`` (features of every label interaction; with ``prior_layers=0`` a free table
+            per condition, see :data:`HARD_WORLD`).
         n_hidden, n_layers: encoder and decoder MLPs.
         prior_hidden: the priors' embedding width.
         prior_layers: hidden layers of each prior's embedding (0: linear in the label features).
@@ -162,7 +165,8 @@ class FCR(Recipe):
             3 seeds 0.58 with it, 0.75 without).
 
     Latents go to ``obsm["X_fcr_x"]``, ``["X_fcr_tx"]``, ``["X_fcr_t"]``; ``predict`` redraws ``z_t``
-    and ``z_tx`` from their priors under the target condition.
+    and ``z_tx`` from their priors under the target condition (``counterfactual="shift"``: shifts the
+    cell's posterior by the difference of the prior means instead).
     """
 
     build_spec = staticmethod(fcr_spec)
