@@ -131,34 +131,38 @@ def fcr_step(module: nn.Module, optimizer: torch.optim.Optimizer, adversaries: d
     elbo = (kl_weight * kl - log_likelihood).sum() / n
 
     regs = module.regularizers
+    own = {k: v[:n] for k, v in z.items()}  # classifiers and discriminators count each cell once
     terms = {
         "treatment_classifier": F.binary_cross_entropy_with_logits(
-            regs["treatment_classifier"].classifier(z["t"]), (t > 0).float(), reduction="none").sum(-1).mean(),
-        "covariate_classifier": F.binary_cross_entropy_with_logits(
-            regs["covariate_classifier"].classifier(z["x"]), (x > 0).float(), reduction="none").sum(-1).mean(),
+            regs["treatment_classifier"].classifier(own["t"]), (t[:n] > 0).float(), reduction="none").sum(-1).mean(),
+        "covariate_classifier": F.cross_entropy(  # one covariate column: one softmax
+            regs["covariate_classifier"].classifier(own["x"]), x[:n].argmax(-1)),
     }
     treated = (t[:n].sum(-1) > 0).float()
     cos_t = F.cosine_similarity(loc["t"][:n], loc["t"][n:], dim=-1)
     terms["similarity"] = ((cos_t * treated).sum() / treated.sum().clamp_min(1.0)
                            - F.cosine_similarity(loc["x"][:n], loc["x"][n:], dim=-1).mean())
-    groups = _conditions(x, t)
+    groups = _conditions(x[:n], t[:n])
     pairs = {"permutation_t": ("t", "tx"), "permutation_x": ("x", "tx")}
 
     def discrimination(name: str, latents: dict[str, Tensor]) -> Tensor:
         a, b = (latents[k] for k in pairs[name])
         net = regs[name].adversary
+        permutation = permute_within(groups)
+        keep = (permutation != torch.arange(n)).float()  # a cell alone in its condition cannot be permuted
         real = net(torch.cat([a, b], dim=-1)).squeeze(-1)
-        fake = net(torch.cat([a, b.index_select(0, permute_within(groups))], dim=-1)).squeeze(-1)
-        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        fake = net(torch.cat([a, b.index_select(0, permutation)], dim=-1)).squeeze(-1)
+        bce = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), reduction="none")
+               + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="none"))
+        return (bce * keep).sum() / keep.sum().clamp_min(1.0)
 
     for name in pairs:
-        terms[name] = -discrimination(name, z)
+        terms[name] = -discrimination(name, own)
     total = elbo + sum(weights[name] * term for name, term in terms.items())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
-    detached = {k: v.detach() for k, v in z.items()}
+    detached = {k: v.detach() for k, v in own.items()}
     for name, adversary in adversaries.items():
         adversary.zero_grad(set_to_none=True)
         discrimination(name, detached).backward()

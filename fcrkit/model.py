@@ -14,7 +14,7 @@ Components are looked up in the registry by name; each sees only the labels its 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -38,9 +38,12 @@ class GenerativeModel(nn.Module):
         label_dims: widths of the labels the data provides (``AnnDataSetup.label_dims``).
         n_genes: number of genes.
         registry: where component names are looked up (default: the global registry).
+        label_groups: the one-hot columns of each label (``AnnDataSetup.label_groups``), told to the
+            regularisers (:class:`~fcrkit.protocols.ModelInfo`).
     """
 
-    def __init__(self, spec: ModelSpec, label_dims: Mapping[str, int], n_genes: int, registry: Registry | None = None):
+    def __init__(self, spec: ModelSpec, label_dims: Mapping[str, int], n_genes: int, registry: Registry | None = None,
+                 label_groups: Mapping[str, Sequence[int]] | None = None):
         super().__init__()
         registry = registry or get_registry()
         self.spec = spec
@@ -61,6 +64,9 @@ class GenerativeModel(nn.Module):
                 self.encoders[block.name] = self._build(
                     registry, "encoder", block.encoder, f"{block.name}.encoder", self.n_genes, block.dim
                 )
+        for prior in self.priors.values():  # a prior may use parts of other blocks' priors (Prior.link)
+            if callable(getattr(prior, "link", None)):
+                prior.link(dict(self.priors))
         if spec.joint_encoder is not None:  # one encoder, its output split into the blocks
             self.encoders["joint"] = self._build(
                 registry, "encoder", spec.joint_encoder, "joint.encoder", self.n_genes, n_latent
@@ -68,7 +74,8 @@ class GenerativeModel(nn.Module):
         self.decoder = self._build(
             registry, "decoder", spec.decoder, "decoder", n_latent, self.n_genes, tuple(self.likelihood.heads)
         )
-        info = ModelInfo(spec.block_dims, self.label_dims, self.n_genes)
+        groups = {k: tuple(int(w) for w in v) for k, v in (label_groups or {}).items()}
+        info = ModelInfo(spec.block_dims, self.label_dims, self.n_genes, groups)
         self.regularizers: dict[str, object] = {r.key: registry.build("regularizer", r.name, info, **r.options)
                                                 for r in spec.regularizers}
         needs_pairs = [k for k, r in self.regularizers.items() if getattr(r, "needs_control_pairing", False)]

@@ -59,6 +59,10 @@ class Prior(Protocol):
     ``distribution(labels, n)`` returns a Pyro distribution with batch shape ``(n,)`` and event shape
     ``(dim,)``. Return a diagonal ``Normal(...).to_event(1)`` to get the analytic KL of
     ``TraceMeanField_ELBO``.
+
+    Optionally ``link(priors)``: called once, after every block's prior is built, with all of them by
+    block name, for a prior that reuses parts of another block's prior (e.g. its label embedding);
+    the parts stay registered with, and saved by, the prior that built them.
     """
 
     def distribution(self, labels: Labels, n: int) -> Distribution:
@@ -103,11 +107,22 @@ class Likelihood(Protocol):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a regulariser factory is told about the model it joins."""
+    """What a regulariser factory is told about the model it joins.
+
+    Attributes:
+        block_dims: the latent blocks and their sizes.
+        label_dims: the width of each label (``"x"``, ``"t"``).
+        n_genes: the number of genes.
+        label_groups: for a label that is one-hot per column (the covariates ``"x"``, one column per
+            covariate key), the width of each column in order, e.g. ``{"x": (4, 2)}`` for a cell line
+            with 4 levels and a replicate with 2; a label not listed (the multi-hot treatment ``"t"``)
+            has no such structure.
+    """
 
     block_dims: Mapping[str, int]
     label_dims: Mapping[str, int]
     n_genes: int
+    label_groups: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,7 +134,7 @@ class Context:
         loc, scale: posterior parameters per block.
         labels: every condition of the batch (``"x"``, ``"t"``), whatever the regulariser's spec.
         index: row numbers of the cells in the training data.
-        n_obs: number of training cells (the plate size).
+        n_obs: the plate size: the number of training cells, twice that with control pairing.
         epoch: current epoch (0-based); ``progress`` is the fraction of training done.
         module: the generic model, for regularisers that need to run its parts.
         pairs: with control pairing, the batch holds ``pairs`` cells followed by their ``pairs``
@@ -140,6 +155,26 @@ class Context:
     pairs: int = 0
     y: Tensor | None = field(default=None, repr=False)
     library: Tensor | None = field(default=None, repr=False)
+
+    def unpaired(self) -> Context:
+        """The context of the minibatch's own cells, without the paired controls appended to them.
+
+        A paired batch holds each cell twice over in effect: its own row and, for a control, the
+        rows where it was drawn as a partner. A term that should count each cell once (a classifier,
+        a discriminator, an independence penalty) reads this; the ELBO counts both branches. Without
+        pairing it is the context itself.
+        """
+        if not self.pairs:
+            return self
+        n = self.pairs
+
+        def head(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v[:n] for k, v in d.items()}
+
+        return replace(self, z=head(self.z), loc=head(self.loc), scale=head(self.scale), labels=head(self.labels),
+                       index=self.index[:n], n_obs=self.n_obs // 2, pairs=0,
+                       y=None if self.y is None else self.y[:n],
+                       library=None if self.library is None else self.library[:n])
 
     def detached(self) -> Context:
         """A copy whose latents carry no gradient (what adversaries train on)."""

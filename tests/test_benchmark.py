@@ -15,11 +15,13 @@ import fcrkit.cli
 from fcrkit import tasks
 from fcrkit.benchmark import BenchmarkConfig, HoldOut, condition_scores, run_benchmark, simulated_data
 from fcrkit.errors import ConfigError
+from fcrkit.metrics import cluster_scores, mcc, prediction_scores
 
 FAST = {"max_epochs": 4, "batch_size": 128, "accelerator": "cpu"}
 
 
 def test_recipes_and_baselines_are_scored_alike_on_one_split(tmp_path):
+    """Every number in the table is reproduced from the returned models by the metric it names."""
     adata, setup = simulated_data("interaction", n_cells=600, n_genes=60, seed=0)
     before = adata.copy()
     result = run_benchmark(adata, setup, {"SCVI": {}, "FCR": {}}, train=FAST, progress=None,
@@ -27,14 +29,33 @@ def test_recipes_and_baselines_are_scored_alike_on_one_split(tmp_path):
                            output=tmp_path / "bench")
     table = result.table
     assert list(table.index) == ["SCVI", "FCR", "NoChange", "PerturbedMean", "Additive", "LinearRidge"]
+    obs = adata.obs
+    held = ((obs["covariate"] == "cov_0") & (obs["treatment"] == "drug_0")) | (
+        (obs["covariate"] == "cov_1") & (obs["treatment"] == "drug_1"))
     for name in ("SCVI", "FCR"):
-        assert 0 < table.loc[name, "mcc"] <= 1
-        assert 0 <= table.loc[name, "nmi_covariate"] <= 1 and 0 <= table.loc[name, "nmi_treatment"] <= 1
-        assert table.loc[name, "train_s"] > 0 and table.loc[name, "cells_per_s"] > 0 and table.loc[name, "epochs"] == 4
+        model = result.models[name]
+        assert model.adata.n_obs == adata.n_obs - held.sum()  # trained without the held-out conditions
+        latent = np.hstack(list(model.get_latent_representation(as_dict=True).values()))
+        assert table.loc[name, "mcc"] == pytest.approx(mcc(model.adata.obsm["z_true"], latent, seed=0).value)
+        for key in ("covariate", "treatment"):
+            nmi = cluster_scores(latent, model.adata.obs[key].astype(str), seed=0)["nmi"]
+            assert table.loc[name, f"nmi_{key}"] == pytest.approx(nmi)
+        assert table.loc[name, "epochs"] == 4
     # scVI has no treatment-dependent part: it cannot predict; FCR and the baselines can
     assert math.isnan(table.loc["SCVI", "pearson_delta20"]) and math.isnan(table.loc["SCVI", "r2_top50"])
-    for row in ("FCR", "NoChange", "Additive", "LinearRidge", "PerturbedMean"):
-        assert all(math.isfinite(table.loc[row, k]) for k in ("r2_top50", "rmse", "energy_distance", "normalized_rank"))
+    assert len(result.conditions) == 2 * 5  # two conditions for each model that predicts
+    controls = adata[(obs["covariate"] == "cov_0") & (obs["treatment"] == "control")].copy()
+    truth = adata[(obs["covariate"] == "cov_0") & (obs["treatment"] == "drug_0")].X
+    m = fcrkit.metrics.mean_log_expression
+    for row in ("FCR", "NoChange"):
+        rows = result.conditions[result.conditions["recipe"] == row]
+        assert table.loc[row, "rmse"] == pytest.approx(rows["rmse"].mean())  # the table averages the conditions
+        pred = result.models[row].predict(controls, treatment="drug_0", seed=0).X
+        first = rows.iloc[0]
+        assert first["rmse"] == pytest.approx(fcrkit.metrics.rmse(m(truth), m(pred)), rel=1e-5)
+        for key in ("r2_top50", "mse_top20"):
+            expected = prediction_scores(truth, control_counts=controls.X, pred_mean=m(pred))[key]
+            assert first[key] == pytest.approx(expected, rel=1e-5), (row, key)
     assert math.isnan(table.loc["NoChange", "pearson_delta"])  # no change: no correlation, NaN not 0
     # on a simulator with shared drug effects the additive answer beats no change by a wide margin
     assert table.loc["Additive", "rmse"] < 0.7 * table.loc["NoChange", "rmse"]

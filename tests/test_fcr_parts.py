@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from anndata import AnnData
 
 import fcrkit
+import fcrkit.runconfig
+from fcrkit.components.priors import ConditionalGaussian
 from fcrkit.components.structure import (
     ConditionKL,
     ControlSimilarity,
     LabelClassifier,
+    PermutationDiscriminator,
     permute_within,
 )
 from fcrkit.data.loaders import CellData
@@ -79,6 +85,25 @@ def test_permute_within_moves_cells_inside_their_group():
         assert moved[~singleton].all() and not moved[singleton].any()  # a lone cell stays
 
 
+def test_discriminator_leaves_out_cells_alone_in_their_condition():
+    """A lone cell's "permuted" pair is its real pair: it must not be labelled fake."""
+    torch.manual_seed(0)
+    disc = PermutationDiscriminator(ModelInfo({"t": 2, "tx": 2}, {"x": 4}, 5), blocks=["t", "tx"])
+    a, b = torch.randn(4, 2), torch.randn(4, 2)
+
+    def context(conditions: list[int]) -> Context:
+        return Context({"t": a, "tx": b}, {}, {}, {"x": torch.eye(4)[conditions]}, torch.arange(4), 4)
+
+    assert float(disc.adversary_loss(context([0, 1, 2, 3]))) == 0.0  # nothing can be permuted
+    # cells 0 and 1 share a condition (the permutation swaps them), cells 2 and 3 are alone
+    loss = disc.adversary_loss(context([0, 0, 1, 2]))
+    with torch.no_grad():
+        real = disc.adversary(torch.cat([a[:2], b[:2]], -1)).squeeze(-1)
+        fake = disc.adversary(torch.cat([a[:2], b[[1, 0]]], -1)).squeeze(-1)
+        expected = (F.softplus(-real) + F.softplus(fake)).mean()  # BCE(real, 1) + BCE(fake, 0), per cell
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_discriminator_gradient_reaches_the_encoders_unless_published_noop(world):
     grads = {}
     for noop in (False, True):
@@ -111,6 +136,24 @@ def test_label_classifier_learns_a_separable_label():
         LabelClassifier(info, blocks=["zz"], label="t")
 
 
+def test_covariate_classifier_has_one_softmax_per_covariate_column(world):
+    """Two covariate columns (2 levels each): the loss is the cross-entropy of each column, summed."""
+    adata = world.copy()
+    adata.obs["replicate"] = pd.Categorical(np.where(np.arange(adata.n_obs) % 3 == 0, "r1", "r2"))
+    fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["covariate", "replicate"])
+    model = small_fcr(adata)
+    reg = model.module.regularizers["covariate_classifier"]
+    ctx = one_context(model, adata, n=60)
+    out = reg.classifier[-1]
+    with torch.no_grad():  # fixed logits: covariate (log 2, 0), replicate (0, 0)
+        out.weight.zero_()
+        out.bias.copy_(torch.tensor([np.log(2.0), 0, 0, 0]))
+    covariate = adata.obs["covariate"].cat.codes.to_numpy()[:60]
+    # softmax of (log 2, 0) is (2/3, 1/3); the replicate column is uniform over its 2 levels
+    expected = np.mean(np.where(covariate == 0, np.log(1.5), np.log(3.0))) + np.log(2.0)
+    assert float(reg.loss(ctx)) == pytest.approx(expected, rel=1e-5)
+
+
 def test_control_similarity_value():
     info = ModelInfo({"x": 2, "t": 2}, {"t": 1}, 10)
     sim = ControlSimilarity(info)
@@ -131,6 +174,54 @@ def test_condition_kl_is_zero_at_the_prior_and_positive_away(world):
         prior = model.module.prior_distribution(block, ctx.labels, len(ctx.index))
         ctx.loc[block], ctx.scale[block] = prior.loc.detach().clone(), prior.scale.detach().clone()
     assert float(reg.loss(ctx)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_condition_kl_sums_the_kl_of_the_averaged_gaussians_over_conditions():
+    """Two conditions of two cells each; the value is worked out by hand, not by the code under test."""
+    info = ModelInfo({"z": 1}, {"x": 2}, 5)
+    reg = ConditionKL(info)
+    x = torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]])  # conditions A, A, B, B
+    loc = torch.tensor([[0.0], [2.0], [1.0], [1.0]])
+    scale = torch.tensor([[1.0], [1.0], [2.0], [2.0]])
+    prior_loc = torch.tensor([[0.0], [0.0], [1.0], [1.0]])
+
+    class Module:  # the priors: N(0, 1) under A, N(1, 1) under B
+        def prior_distribution(self, block, labels, n):
+            return torch.distributions.Normal(prior_loc, torch.ones_like(prior_loc))
+
+    ctx = Context({"z": loc}, {"z": loc}, {"z": scale}, {"x": x}, torch.arange(4), 4, module=Module())
+    # A: averaged posterior N(1, 1) against N(0, 1): KL = 1/2.
+    # B: averaged posterior N(1, 2²) against N(1, 1): KL = log(1/2) + 4/2 - 1/2 = 1.5 - log 2.
+    assert float(reg.loss(ctx)) == pytest.approx(0.5 + 1.5 - np.log(2.0), rel=1e-6)
+
+
+def test_terms_count_each_cell_once_not_again_as_a_paired_control(world):
+    """Classifiers, discriminators, the condition KL and the independence penalties read the batch's own
+    cells; the paired controls (rows ``pairs:``) count in the ELBO only (and in the similarity term)."""
+    model = small_fcr(world, weights={"condition_kl": 1.0}, regularizers=[
+        {"name": "hsic", "key": "hsic", "weight": 1.0, "blocks": ["tx"], "label": "x"},
+        {"name": "total_correlation", "key": "tc", "weight": 1.0}])
+    paired = one_context(model, world, n=48)
+    n = paired.pairs
+
+    def head(d):
+        return {k: v[:n] for k, v in d.items()}
+
+    own = Context(head(paired.z), head(paired.loc), head(paired.scale), head(paired.labels), paired.index[:n],
+                  world.n_obs, module=model.module)
+    keys = ["treatment_classifier", "covariate_classifier", "permutation_t", "permutation_x", "condition_kl",
+            "hsic", "tc"]
+    for key in keys:
+        reg = model.module.regularizers[key]
+        values = []
+        for ctx in (paired, own):
+            torch.manual_seed(0)  # the discriminators' permutations and the TC's shuffles
+            values.append(float(reg.loss(ctx).detach()))
+            if hasattr(reg, "adversary_loss"):
+                torch.manual_seed(0)
+                values.append(float(reg.adversary_loss(ctx.detached()).detach()))
+        half = len(values) // 2
+        assert values[:half] == pytest.approx(values[half:], rel=1e-5), key
 
 
 def test_alternating_adversary_owns_every_kth_epoch(world):
@@ -187,6 +278,54 @@ def test_predict_redraws_treatment_blocks_and_checks_inputs(world):
         model.predict(controls[:, :30].copy(), treatment="drug_1")
 
 
+@pytest.mark.parametrize("name", sorted(fcrkit.runconfig.recipes()))
+def test_every_recipe_passes_likelihood_options_through(name):
+    build = fcrkit.runconfig.recipes()[name].build_spec
+    assert "likelihood_options" in inspect.signature(build).parameters  # so run configs and benchmarks take them
+    spec = build(likelihood_options={"min_scale": 0.01})
+    assert spec.likelihood.options["min_scale"] == 0.01
+    assert build(likelihood_options=None) == build()
+    with pytest.raises(ConfigError, match="likelihood_options=3 must be a dict"):
+        build(likelihood_options=3)
+
+
+def test_gaussian_fcr_gets_a_per_cell_scale_through_likelihood_options(world, tmp_path):
+    logged = world.copy()
+    logged.X = np.log1p(logged.X)
+    model = small_fcr(logged, likelihood="gaussian", likelihood_options={"scale": "gene-cell", "min_scale": 0.01})
+    assert model.module.likelihood.heads == ("mean", "scale") and model.module.likelihood.min_scale == 0.01
+    model.save(tmp_path / "gaussian")
+    again = fcrkit.models.FCR.load(tmp_path / "gaussian", logged)
+    assert again.spec.likelihood.options == {"scale": "gene-cell", "min_scale": 0.01}
+    with pytest.raises(ConfigError, match="'scal'.*Options it accepts"):
+        small_fcr(logged, likelihood="gaussian", likelihood_options={"scal": "gene-cell"})
+
+
+def test_posterior_shift_keeps_the_cells_posterior_and_moves_it_by_the_prior_means(world):
+    model = small_fcr(world)  # untrained: the algebra does not need a fit
+    controls = world[world.obs["treatment"] == "control"].copy()
+    data = CellData.from_anndata(controls, model.setup)
+    batch = data.batch(torch.arange(data.n_obs))
+    module = model.module.eval()
+    with torch.no_grad():
+        z = {name: loc for name, (loc, _) in module.encode(batch).items()}
+        # predicting a cell's own condition gives back its reconstruction, exactly
+        own = model.predict(controls, treatment="control", counterfactual="shift")
+        np.testing.assert_allclose(own.X, module.decode_mean(z, batch.labels, batch.library).numpy(), rtol=1e-5)
+        # another treatment: z_t and z_tx move by the difference of their prior means, z_x stays
+        target = model._target_labels(controls, "drug_1", 1.0)
+        for name in ("t", "tx"):
+            z[name] = (z[name] + module.prior_distribution(name, target, data.n_obs).mean
+                       - module.prior_distribution(name, batch.labels, data.n_obs).mean)
+        expected = module.decode_mean(z, target, batch.library).numpy()
+    shifted = model.predict(controls, treatment="drug_1", counterfactual="shift")
+    np.testing.assert_allclose(shifted.X, expected, rtol=1e-5)
+    assert shifted.uns["fcrkit_prediction"]["shifted_blocks"] == ["tx", "t"]
+    assert not np.allclose(shifted.X, model.predict(controls, treatment="drug_1", from_prior="mean").X)
+    with pytest.raises(ConfigError, match="counterfactual='posterior'"):
+        model.predict(controls, treatment="drug_1", counterfactual="posterior")
+
+
 def test_models_without_treatment_blocks_cannot_predict(world):
     model = fcrkit.models.SCVI(world, n_latent=2, n_hidden=16)
     with pytest.raises(ConfigError, match="cannot predict"):
@@ -205,12 +344,34 @@ def test_joint_encoder_variant_splits_one_encoder_into_the_blocks(world, tmp_pat
     np.testing.assert_array_equal(again.get_latent_representation()["X_fcr_tx"], latent["X_fcr_tx"])
 
 
-def test_product_prior_multiplies_the_label_embeddings(world):
+def test_product_prior_shares_the_label_embeddings_of_the_x_and_t_priors(world, tmp_path):
+    """p(z_tx | t, x) reads k_t ⊙ k_x with the very embeddings of p(z_t | t) and p(z_x | x) (Fig. 2a)."""
     model = small_fcr(world, tx_prior="product")
-    prior = model.module.priors["tx"]
-    assert prior.combine == "product" and set(prior.embed) == {"x", "t"}
+    priors = model.module.priors
+    assert [name for name, _ in priors["tx"].named_parameters()] == ["loc.weight", "loc.bias", "scale.weight",
+                                                                       "scale.bias"]  # no embedding of its own
+    with torch.no_grad():  # known embeddings: k_x = relu(2) = 2 and k_t = relu(3) = 3 in every entry
+        for block, value in (("x", 2.0), ("t", 3.0)):
+            layer = priors[block].embed["all"][0]
+            layer.weight.zero_()
+            layer.bias.fill_(value)
+        priors["tx"].loc.weight.fill_(1.0 / 16)  # the mean of the 16 entries of k_t ⊙ k_x
+        priors["tx"].loc.bias.zero_()
     labels = {"x": torch.eye(2)[[0, 1]], "t": torch.eye(2)[[1, 1]]}
-    expected = prior.embed["x"](labels["x"]) * prior.embed["t"](labels["t"])
-    torch.testing.assert_close(prior.embedding(labels), expected)
-    scale = prior.distribution(labels, 2).base_dist.scale
+    torch.testing.assert_close(model.module.prior_distribution("tx", labels, 2).loc, torch.full((2, 2), 6.0))
+    # a gradient of the tx prior reaches the x and t priors' embeddings
+    model = small_fcr(world, tx_prior="product")
+    model.module.prior_distribution("tx", labels, 2).scale.sum().backward()
+    for block in ("x", "t"):
+        assert model.module.priors[block].embed["all"][0].weight.grad.abs().sum() > 0
+    # saved once (by their owners) and shared again after loading
+    model.save(tmp_path / "product")
+    again = fcrkit.models.FCR.load(tmp_path / "product", world)
+    with torch.no_grad():
+        again.module.priors["x"].embed["all"][0].bias.add_(1.0)
+    moved = again.module.prior_distribution("tx", labels, 2).loc
+    assert not torch.allclose(moved, model.module.prior_distribution("tx", labels, 2).loc)
+    scale = model.module.prior_distribution("tx", labels, 2).scale
     assert not torch.allclose(scale[0], scale[1])  # the scale depends on the condition too
+    with pytest.raises(ConfigError, match="embeddings_from=.*needs combine='product'"):
+        ConditionalGaussian(2, {"x": 2, "t": 2}, combine="concat", embeddings_from={"x": "x", "t": "t"})

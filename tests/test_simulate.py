@@ -266,6 +266,7 @@ def test_write_h5ad_round_trip(world, tmp_path):
         ({"likelihood": "Poison"}, "likelihood='Poison'"),
         ({"library_size": 0.0}, "library_size=0.0"),
         ({"dispersion": -1.0}, "dispersion=-1.0"),
+        ({"mixing_gain": 0.0}, "mixing_gain=0.0"),
         ({"seed": -1}, "seed=-1"),
         ({"n_cells": 10}, "n_cells=10"),
     ],
@@ -280,6 +281,35 @@ def test_bad_arguments_raise_config_error_naming_the_value(kwargs, named):
 def test_unknown_likelihood_suggests_the_closest():
     with pytest.raises(ConfigError, match="Did you mean 'poisson'"):
         fcrkit.simulate.interaction(likelihood="poison")
+
+
+# ---------------------------------------------------------------------------------------------
+# hard_interaction: the harder preset
+
+
+def test_hard_world_has_its_conditions_shapes_and_sparsity():
+    adata = fcrkit.simulate.hard_interaction(seed=0)
+    assert adata.shape == (6000, 200)
+    assert {k: adata.obsm[f"z_{k}"].shape[1] for k in ("x", "t", "tx")} == {"x": 2, "t": 2, "tx": 2}
+    assert list(adata.obs["covariate"].cat.categories) == [f"cov_{k}" for k in range(5)]
+    assert list(adata.obs["treatment"].cat.categories) == ["control"] + [f"drug_{k}" for k in range(5)]
+    sizes = pd.crosstab(adata.obs["covariate"], adata.obs["treatment"])
+    assert sizes.shape == (5, 6) and sizes.to_numpy().min() > 100  # all 30 conditions, well populated
+    zeros = 1 - adata.X.nnz / np.prod(adata.shape)
+    default_zeros = 1 - (world := fcrkit.simulate.interaction(n_cells=600, seed=0)).X.nnz / np.prod(world.shape)
+    assert 0.65 < zeros < 0.8 and default_zeros < 0.2, (zeros, default_zeros)
+    assert adata.uns["simulation"]["mixing_gain"] == 2.5
+
+
+def test_hard_world_overrides_keep_its_mixing_and_the_gain_makes_it_less_linear():
+    """The gain is what makes the world harder: a linear map of z explains far less of the
+    noise-free log-expression than in the same world with gain 1."""
+    r2 = {}
+    for gain in (1.0, 2.5):
+        adata = fcrkit.simulate.hard_interaction(seed=0, n_cells=2000, likelihood="gaussian", dispersion=1e6,
+                                                 mixing_gain=gain)
+        r2[gain] = float(np.median(_r2(adata.obsm["z_true"].astype(np.float64), np.asarray(adata.X, np.float64))))
+    assert r2[2.5] < 0.5 < 0.7 < r2[1.0], r2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,8 +86,13 @@ class TotalCorrelation(nn.Module):
         self.adversary_lr, self.adversary_steps = float(adversary_lr), int(adversary_steps)
 
     def codes(self, ctx: Context) -> Tensor:
-        """The concatenated posterior samples of the chosen blocks, ``(B, dim)``."""
-        return torch.cat([ctx.z[b] for b in self.blocks], dim=-1)
+        """The concatenated posterior samples of the chosen blocks, ``(B, dim)``, each cell once.
+
+        With control pairing the paired controls are left out: as extra copies of control cells they
+        would tilt the aggregate posterior whose total correlation is estimated.
+        """
+        z = ctx.unpaired().z
+        return torch.cat([z[b] for b in self.blocks], dim=-1)
 
     def logit(self, z: Tensor) -> Tensor:
         """``ℓ(z) = log D(z) / (1 - D(z))`` per cell: the estimated ``log q(z) / ∏_j q(z_j)``."""
@@ -139,7 +144,8 @@ class HSICPenalty:
         self.label, self.use = label, use
 
     def loss(self, ctx: Context) -> Tensor:
-        """``HSIC_b`` between the chosen blocks and the label over the minibatch."""
+        """``HSIC_b`` between the chosen blocks and the label over the minibatch's own cells (not paired controls)."""
+        ctx = ctx.unpaired()
         latents = getattr(ctx, self.use)
         z = torch.cat([latents[b] for b in self.blocks], dim=-1)
         return hsic_torch(z, ctx.labels[self.label].to(z.dtype))

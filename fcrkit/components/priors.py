@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
@@ -10,6 +13,20 @@ from fcrkit.components.nn import label_matrix, mlp, mlp_width, positive, total_w
 from fcrkit.errors import ConfigError, listing
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import LabelDims, Labels
+
+
+def outer_features(labels: Labels, keys: tuple[str, ...]) -> Tensor:
+    """Per cell, the Kronecker product of the label vectors ``[labels[k], 1]`` over ``keys``.
+
+    Its entries are the constant, each label entry, and every product of entries of different
+    labels: a linear map of it can take any value per combination of one-hot labels.
+    """
+    out = None
+    for key in keys:
+        part = labels[key]
+        part = torch.cat([part, torch.ones_like(part[..., :1])], dim=-1)
+        out = part if out is None else (out.unsqueeze(-1) * part.unsqueeze(-2)).flatten(-2)
+    return out
 
 
 class StandardNormal(nn.Module):
@@ -42,12 +59,22 @@ class ConditionalGaussian(nn.Module):
         label_dims: the labels it conditions on (its spec ``conditions``, e.g. ``["x"]``).
         combine: ``"concat"`` embeds the concatenated labels with one MLP; ``"product"`` embeds each
             condition with its own MLP and multiplies the embeddings element-wise (FCR's
-            ``k_t ⊙ k_x``; needs two or more conditions).
+            ``k_t ⊙ k_x``; needs two or more conditions); ``"outer"`` embeds the outer (Kronecker)
+            product of the label vectors, each extended by a constant 1, so its features are every
+            main effect and every interaction of the labels: with ``n_layers=0`` the mean and scale
+            are then free per condition (a learned table, iVAE's most flexible prior), also for a
+            (covariate, treatment) pair whose value no additive form reaches.
         n_hidden: embedding width.
         n_layers: MLP depth of each embedding (0 with ``"concat"``: linear in the one-hot labels).
         activation: hidden activation.
         learn_scale: if False the scale is fixed to 1 and only the mean depends on the labels.
         min_scale: floor of the prior standard deviation.
+        embeddings_from: with ``"product"``, take each condition's embedding from another block's
+            prior instead of owning one: ``{"x": "x", "t": "t"}`` multiplies the embeddings of the
+            priors of blocks ``x`` (conditioned on ``x`` alone) and ``t`` (on ``t`` alone), FCR's
+            ``p(z_tx | t, x)`` from ``k_t ⊙ k_x`` with the very ``k_x``, ``k_t`` of ``p(z_x | x)`` and
+            ``p(z_t | t)`` (the paper's Figure 2a). Those priors own the embeddings (and save them);
+            this one holds only its mean and scale heads. Resolved by :meth:`link`.
     """
 
     def __init__(
@@ -61,6 +88,7 @@ class ConditionalGaussian(nn.Module):
         activation: str = "relu",
         learn_scale: bool = True,
         min_scale: float = 1e-3,
+        embeddings_from: Mapping[str, str] | None = None,
     ):
         super().__init__()
         if not label_dims:
@@ -68,15 +96,23 @@ class ConditionalGaussian(nn.Module):
                 "prior 'conditional_gaussian' needs labels to condition on: give it conditions, "
                 "e.g. prior = {name = 'conditional_gaussian', conditions = ['x']}."
             )
-        if combine not in ("concat", "product"):
-            raise ConfigError(f"option combine={combine!r} is not one of 'concat', 'product'.")
+        if combine not in ("concat", "product", "outer"):
+            raise ConfigError(f"option combine={combine!r} is not one of 'concat', 'product', 'outer'.")
         if combine == "product" and (len(label_dims) < 2 or n_layers < 1):
             raise ConfigError("combine='product' needs at least two conditions and n_layers >= 1.")
         self.dim = dim
         self.conditions = tuple(label_dims)
         self.combine = combine
-        if combine == "concat":
-            n_in = total_width(label_dims)
+        self.embeddings_from = dict(embeddings_from or {})
+        self._shared: dict[str, nn.Module] = {}  # plain attribute: the owners register (and save) them
+        if self.embeddings_from:
+            if combine != "product" or set(self.embeddings_from) != set(self.conditions):
+                raise ConfigError(f"option embeddings_from={self.embeddings_from!r} needs combine='product' and one "
+                                  f"block per condition of this prior ({listing(self.conditions)}).")
+            self.embed = nn.ModuleDict()
+            width = n_hidden
+        elif combine in ("concat", "outer"):
+            n_in = total_width(label_dims) if combine == "concat" else math.prod(d + 1 for d in label_dims.values())
             self.embed = nn.ModuleDict({"all": mlp(n_in, n_hidden, n_layers, norm="none", activation=activation)})
             width = mlp_width(n_in, n_hidden, n_layers)
         else:
@@ -92,11 +128,36 @@ class ConditionalGaussian(nn.Module):
         """The condition embedding the mean and scale heads read."""
         if self.combine == "concat":
             return self.embed["all"](label_matrix(labels, self.conditions))
-        parts = [self.embed[key](labels[key]) for key in self.conditions]
+        if self.combine == "outer":
+            return self.embed["all"](outer_features(labels, self.conditions))
+        if self.embeddings_from:
+            if not self._shared:
+                raise ConfigError("prior 'conditional_gaussian' with embeddings_from is used before link(priors) "
+                                  "gave it the other blocks' priors (the generic model does that when it is built).")
+            parts = [self._shared[key].embedding({key: labels[key]}) for key in self.conditions]
+        else:
+            parts = [self.embed[key](labels[key]) for key in self.conditions]
         out = parts[0]
         for part in parts[1:]:
             out = out * part
         return out
+
+    def link(self, priors: Mapping[str, nn.Module]) -> None:
+        """Take the embeddings named by ``embeddings_from`` from the other blocks' ``priors``."""
+        for key, block in self.embeddings_from.items():
+            source = priors.get(block)
+            if source is None:
+                raise ConfigError(f"prior 'conditional_gaussian': embeddings_from names block {block!r}, which the "
+                                  f"model does not have (blocks: {listing(priors)}).")
+            if getattr(source, "conditions", None) != (key,) or not callable(getattr(source, "embedding", None)):
+                raise ConfigError(f"prior 'conditional_gaussian': embeddings_from={{{key!r}: {block!r}}} needs block "
+                                  f"{block!r}'s prior to embed {key!r} alone, but it is {type(source).__name__} with "
+                                  f"conditions {listing(getattr(source, 'conditions', ()))}.")
+            width = getattr(getattr(source, "loc", None), "in_features", None)
+            if width != self.loc.in_features:
+                raise ConfigError(f"prior 'conditional_gaussian': block {block!r}'s embedding of {key!r} is {width} "
+                                  f"wide, this prior's n_hidden is {self.loc.in_features}; give both the same width.")
+            self._shared[key] = source
 
     def distribution(self, labels: Labels, n: int) -> dist.Distribution:
         """``N(μ(labels), diag σ²(labels))`` for the ``n`` cells of ``labels``."""

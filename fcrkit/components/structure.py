@@ -70,8 +70,11 @@ def _head(n_input: int, n_output: int, n_hidden: int, n_layers: int) -> nn.Seque
 class LabelClassifier(nn.Module):
     """Classify a label from latent blocks (trained with the model); FCR's f_ct and z_x -> x.
 
-    Labels are multi-hot (combinations, several covariate columns), so the loss is the binary
-    cross-entropy summed over label entries and averaged over cells.
+    A label made of one-hot columns (the covariates: one column per covariate key, see
+    ``ModelInfo.label_groups``) gets one softmax head per column and the cross-entropy of each
+    column, summed over columns and averaged over cells: each column is one categorical choice. A
+    multi-hot label (the treatment, whose combinations switch several entries on; controls none)
+    gets the binary cross-entropy summed over its entries.
 
     Args:
         blocks: the blocks the classifier reads (concatenated).
@@ -91,6 +94,10 @@ class LabelClassifier(nn.Module):
         self.label, self.use = label, use
         n_in = sum(info.block_dims[b] for b in self.blocks)
         self.classifier = _head(n_in, info.label_dims[label], n_hidden, n_layers)
+        self.groups = tuple(info.label_groups.get(label, ()))  # empty: a multi-hot label
+        if self.groups and sum(self.groups) != info.label_dims[label]:
+            raise ConfigError(f"regularizer 'label_classifier': label {label!r} is {info.label_dims[label]} wide, but "
+                              f"its one-hot columns {list(self.groups)} add up to {sum(self.groups)}.")
 
     def logits(self, ctx: Context) -> Tensor:
         """The classifier's logits of the label from the chosen blocks."""
@@ -98,16 +105,24 @@ class LabelClassifier(nn.Module):
         return self.classifier(torch.cat([latents[b] for b in self.blocks], dim=-1))
 
     def loss(self, ctx: Context) -> Tensor:
-        """Binary cross-entropy of the (multi-hot) label, summed over its entries, averaged over cells."""
-        target = (ctx.labels[self.label] > 0).to(torch.float32)
-        return F.binary_cross_entropy_with_logits(self.logits(ctx), target, reduction="none").sum(-1).mean()
+        """Cross-entropy per one-hot column (BCE per entry for a multi-hot label), summed, averaged over cells."""
+        ctx = ctx.unpaired()  # each cell once, not again as another cell's paired control
+        logits, label = self.logits(ctx), ctx.labels[self.label]
+        if not self.groups:
+            target = (label > 0).to(logits.dtype)
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1).mean()
+        total = logits.new_zeros(())
+        for column, target in zip(logits.split(self.groups, -1), label.split(self.groups, -1)):
+            total = total + F.cross_entropy(column, target.argmax(-1))
+        return total
 
 
 class PermutationDiscriminator(nn.Module):
     """Adversary: real (z_a, z_b) pairs vs pairs with z_b permuted within a condition; encoders fool it.
 
     Within a condition the blocks should be independent, so the permutation must be undetectable.
-    The discriminator trains on detached latents with its own optimiser; the model's term is
+    Cells alone in their condition in the minibatch are left out (they cannot be permuted). The
+    discriminator trains on detached latents with its own optimiser; the model's term is
     ``-BCE`` of the discriminator (weight ``λ_perm``), so its gradient reaches the encoders.
 
     Args:
@@ -135,12 +150,23 @@ class PermutationDiscriminator(nn.Module):
         self.alternate_every, self.published_noop = int(alternate_every), bool(published_noop)
 
     def _bce(self, ctx: Context) -> Tensor:
+        """BCE over the cells that share their condition with another cell of the minibatch.
+
+        A cell alone in its condition cannot be permuted: its "permuted" pair would be its real pair
+        labelled fake, a contradiction the discriminator would be trained on (with many conditions,
+        as sciPlex's ~2,000 (x, t, dose) triples against 1,024 cells a batch, most cells are alone).
+        Such cells are left out of both the real and the permuted half; with none left the term is 0.
+        """
+        ctx = ctx.unpaired()
         a, b = (ctx.z[name] for name in self.blocks)
-        permuted = b.index_select(0, permute_within(condition_ids(ctx)))
+        permutation = permute_within(condition_ids(ctx))
+        moved = permutation != torch.arange(len(permutation), device=permutation.device)
+        keep = moved.to(a.dtype)
         real = self.adversary(torch.cat([a, b], dim=-1)).squeeze(-1)
-        fake = self.adversary(torch.cat([a, permuted], dim=-1)).squeeze(-1)
-        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        fake = self.adversary(torch.cat([a, b.index_select(0, permutation)], dim=-1)).squeeze(-1)
+        bce = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), reduction="none")
+               + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), reduction="none"))
+        return (bce * keep).sum() / keep.sum().clamp_min(1.0)  # no host sync: an all-alone batch gives 0
 
     def adversary_loss(self, ctx: Context) -> Tensor:
         """The discriminator's BCE, real pairs against pairs permuted within conditions."""
@@ -179,18 +205,23 @@ class ControlSimilarity:
 
 
 class ConditionKL:
-    """KL between per-condition averages of posterior and prior Gaussians, averaged over conditions.
+    """KL between per-condition averages of posterior and prior Gaussians, summed over conditions.
 
     Within the minibatch, cells are grouped by condition; the posterior means and scales, and the
     prior means and scales, are averaged per group, and ``KL(avg posterior || avg prior)`` is summed
-    over dimensions and blocks and averaged over the groups present.
+    over dimensions, blocks and the groups present, as the authors' "marginal" KL is (a sum over
+    groups, ``../shared/reference/FCR.md``). A sum, not a mean: each condition present pulls its
+    average posterior to its prior whatever the number of other conditions in the batch; the price is
+    that the term grows with the number of conditions a minibatch holds, so its weight depends on
+    the data (a mean would divide it by that number).
     """
 
     def __init__(self, info: ModelInfo, *, blocks: Sequence[str] | None = None):
         self.blocks = _check_blocks(info, list(info.block_dims) if blocks is None else blocks, "condition_kl")
 
     def loss(self, ctx: Context) -> Tensor:
-        """KL between per-condition averages of the posterior and prior Gaussians, summed over conditions."""
+        """``Σ_conditions Σ_blocks KL(avg posterior || avg prior)`` over the minibatch's conditions."""
+        ctx = ctx.unpaired()
         groups = condition_ids(ctx)
         n_groups = int(groups.max()) + 1
         ones = torch.ones_like(groups, dtype=torch.float32)
@@ -206,7 +237,7 @@ class ConditionKL:
             q = torch.distributions.Normal(average(ctx.loc[block]), average(ctx.scale[block]))
             p = torch.distributions.Normal(average(prior.loc.expand_as(ctx.loc[block])),
                                            average(prior.scale.expand_as(ctx.scale[block])))
-            total = total + torch.distributions.kl_divergence(q, p).sum(-1).mean()
+            total = total + torch.distributions.kl_divergence(q, p).sum()
         return total
 
 

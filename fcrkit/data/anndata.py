@@ -90,6 +90,11 @@ class AnnDataSetup:
         }
         return {key: width for key, width in dims.items() if width}
 
+    @property
+    def label_groups(self) -> dict[str, tuple[int, ...]]:
+        """The one-hot columns of each label: ``{"x": (levels of each covariate key, in order)}``."""
+        return {"x": tuple(len(self.covariate_levels[k]) for k in self.covariate_keys)} if self.covariate_keys else {}
+
     def to_dict(self) -> dict[str, Any]:
         """A plain dict for ``adata.uns`` that survives ``write_h5ad`` / ``read_h5ad``.
 

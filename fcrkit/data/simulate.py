@@ -9,7 +9,8 @@ Three worlds, all ``latent -> random leaky-ReLU network -> softmax gene fraction
     the FCR world (see ``FCR.md``): three latent blocks ``z_x``, ``z_t`` and ``z_tx`` drawn from
     condition-dependent Gaussians whose means *and* scales vary with the covariate, the treatment and
     the (covariate, treatment) pair, so that each block is identifiable in principle and carries
-    different label information.
+    different label information. :func:`hard_interaction` is its harder preset (more labels, a
+    more non-linear mixing, sparser counts).
 ``sparse_shift``
     the sVAE world: each treatment shifts 1-3 latents by ±N(5, 0.5), controls none; the true
     targets and shifts are stored for target-identification metrics.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +38,16 @@ BLOCKS = ("x", "t", "tx")
 DEFAULT_DIMS = {"x": 2, "t": 2, "tx": 2}
 #: Observation models of :func:`interaction`.
 LIKELIHOODS = ("nb", "poisson", "gaussian")
+#: Settings of :func:`interaction` for the harder world of :func:`hard_interaction`.
+HARD_INTERACTION: dict[str, Any] = {
+    "n_cells": 6000,
+    "n_genes": 200,
+    "n_covariates": 5,
+    "n_treatments": 5,
+    "dims": {"x": 2, "t": 2, "tx": 2},
+    "mixing_gain": 2.5,
+    "library_size": 50000.0,
+}
 
 # Constants of the interaction world (documented in ``interaction``'s docstring).
 _MEAN_SD = 2.0  # condition means ~ N(0, 2^2): conditions lie about two noise scales apart
@@ -271,9 +283,9 @@ def _mixing_input(blocks: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def _mixing_network(
-    rng: np.random.Generator, n_latent: int, n_genes: int, reference: np.ndarray
+    rng: np.random.Generator, n_latent: int, n_genes: int, reference: np.ndarray, gain: float = 1.0
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Weights and biases of ``interaction``'s mixing MLP (see its docstring).
+    """Weights and biases of ``interaction``'s mixing MLP (see its docstring); ``gain`` of the hidden layers.
 
     The gene biases are ``N(0, _GENE_BIAS_SD^2)`` baselines minus the mean logit that the hidden
     layers give each gene over the ``reference`` latents, so that the baselines, not the mean of the
@@ -281,7 +293,7 @@ def _mixing_network(
     """
     hidden = max(_HIDDEN_FACTOR * n_latent, _MIN_HIDDEN)
     widths = [n_latent] + [hidden] * _HIDDEN_LAYERS + [n_genes]
-    weights = _random_weights(rng, widths, gains=[1.0] * _HIDDEN_LAYERS + [_LOGIT_GAIN], orthogonal=True)
+    weights = _random_weights(rng, widths, gains=[gain] * _HIDDEN_LAYERS + [_LOGIT_GAIN], orthogonal=True)
     biases = [rng.normal(0.0, _HIDDEN_BIAS_SD, size=hidden) for _ in range(_HIDDEN_LAYERS)]
     offset = _mlp(reference, weights, biases + [np.zeros(n_genes)]).mean(axis=0)
     biases.append(rng.normal(0.0, _GENE_BIAS_SD, size=n_genes) - offset)
@@ -300,6 +312,7 @@ def interaction(
     control_fraction: float = 0.3,
     library_size: float = 3000.0,
     dispersion: float = 5.0,
+    mixing_gain: float = 1.0,
 ) -> AnnData:
     """The FCR world: three latent blocks with condition-dependent Gaussian priors, mixed into genes.
 
@@ -346,6 +359,12 @@ def interaction(
     non-linear: with the defaults a linear function of ``z`` explains about 80-90% of the variance
     of a typical gene's noise-free log-expression.
 
+    ``mixing_gain`` multiplies both hidden layers' weights (1 by default): with hidden biases kept
+    ``N(0, 1)``, a larger gain moves the kinks towards the centre of the cloud and, leaky-ReLU being
+    positively homogeneous, widens the logits about ``mixing_gain²``-fold, which makes the
+    softmax, and so the map to gene fractions, more non-linear and the counts sparser
+    (:func:`hard_interaction` uses 2.5).
+
     **Observations.** Library sizes ``l ~ LogNormal(log library_size, 0.3^2)`` per cell (CV about
     0.3), then, by ``likelihood``:
 
@@ -374,6 +393,7 @@ def interaction(
         control_fraction: fraction of control cells, in ``(0, 1)``.
         library_size: typical total counts per cell (the normalisation total for ``"gaussian"``).
         dispersion: NB inverse dispersion ``theta`` (``"gaussian"``: noise variance ``1/theta``).
+        mixing_gain: gain of the mixing network's hidden layers (see **Mixing**).
 
     Returns:
         An AnnData with ``X`` CSR ``int32`` counts (dense ``float32`` for ``"gaussian"``), var names
@@ -386,8 +406,8 @@ def interaction(
 
     Raises:
         ConfigError: a size is not a positive integer, ``dims`` has an unknown key or a bad size,
-            ``control_fraction`` is not in ``(0, 1)``, ``likelihood`` is unknown, ``library_size`` or
-            ``dispersion`` is not positive, ``seed`` is not a non-negative integer, or ``n_cells``
+            ``control_fraction`` is not in ``(0, 1)``, ``likelihood`` is unknown, ``library_size``,
+            ``dispersion`` or ``mixing_gain`` is not positive, ``seed`` is not a non-negative integer, or ``n_cells``
             is too small to populate every condition. The message names the value.
     """
     _check_positive(n_cells=n_cells, n_genes=n_genes, n_covariates=n_covariates, n_treatments=n_treatments)
@@ -405,7 +425,7 @@ def interaction(
             f"simulate: likelihood={likelihood!r} is not one of {listing(LIKELIHOODS)}."
             f"{did_you_mean(likelihood, LIKELIHOODS)}"
         )
-    _check_positive_real(library_size=library_size, dispersion=dispersion)
+    _check_positive_real(library_size=library_size, dispersion=dispersion, mixing_gain=mixing_gain)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"simulate: seed={seed!r} must be a non-negative integer.")
 
@@ -427,7 +447,7 @@ def interaction(
     ref_t = rng_mixing.integers(n_t, size=_N_REFERENCE)
     ref_eps = rng_mixing.standard_normal(size=(_N_REFERENCE, d))
     reference = _draw_blocks(ref_x, ref_t, ref_eps, block_dims, means, scales)
-    weights, biases = _mixing_network(rng_mixing, d, n_genes, _mixing_input(reference))
+    weights, biases = _mixing_network(rng_mixing, d, n_genes, _mixing_input(reference), mixing_gain)
     fractions = _softmax(_mlp(_mixing_input(blocks), weights, biases))
     library = _library_sizes(rng_cells, n_cells, library_size)
     values = _observe(rng_cells, fractions, library, likelihood, dispersion, library_size)
@@ -454,12 +474,34 @@ def interaction(
         "control_fraction": float(control_fraction),
         "library_size": float(library_size),
         "dispersion": float(dispersion),
+        "mixing_gain": float(mixing_gain),
         "covariates": np.array(covariates, dtype=object),
         "treatments": np.array(treatments, dtype=object),
         "means": means,
         "scales": scales,
     }
     return adata
+
+
+def hard_interaction(seed: int = 0, **overrides: Any) -> AnnData:
+    """A harder FCR world: :func:`interaction` with the settings of :data:`HARD_INTERACTION`.
+
+    Five covariate levels (cell lines) and five drugs plus the control (30 conditions, 30 pairs
+    ``m_tx[x, t]`` to tell apart), blocks of two dimensions each (six true dimensions), 6,000 cells,
+    and a more non-linear mixing: both hidden leaky-ReLU layers have gain 2.5 instead of 1, so the
+    logits spread 6.25 times wider, the softmax concentrates each cell's counts on fewer genes, and a
+    linear function of ``z`` explains only about a quarter of the variance of a gene's noise-free
+    log-expression (against 80-90% in the default world). About 70-80% of the counts are zeros,
+    with library sizes around 50,000: most genes are off in most cells, and a cell's latents show
+    in which few genes are on.
+
+    Args:
+        seed: non-negative integer seed (as in :func:`interaction`).
+        overrides: any other :func:`interaction` argument, replacing the preset's value (e.g.
+            ``n_cells=1000`` for a quick test of the same world: the condition parameters and the
+            mixing network do not depend on ``n_cells``).
+    """
+    return interaction(seed=seed, **{**HARD_INTERACTION, **overrides})
 
 
 def sparse_shift(
@@ -496,6 +538,12 @@ def sparse_shift(
     ``d <= h <= genes``); the logits are divided by their standard deviation over 4096 reference
     latents drawn like the cells' (sVAE divides by the standard deviation over the cells), and the
     gene fractions are ``p = softmax(logits)`` over genes.
+
+    ``mixing_gain`` multiplies both hidden layers' weights (1 by default): with hidden biases kept
+    ``N(0, 1)``, a larger gain moves the kinks towards the centre of the cloud and, leaky-ReLU being
+    positively homogeneous, widens the logits about ``mixing_gain²``-fold, which makes the
+    softmax, and so the map to gene fractions, more non-linear and the counts sparser
+    (:func:`hard_interaction` uses 2.5).
 
     **Observations.** Library sizes ``l ~ LogNormal(log library_size, 0.3^2)`` per cell, then
     ``y_g ~ Poisson(l p_g)`` (``"poisson"``, sVAE's choice with ``library_size = 1e6``) or

@@ -8,6 +8,8 @@ the training cells were (finite values of the kind the likelihood models, unique
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +44,7 @@ from fcrkit.errors import (
 from fcrkit.model import GenerativeModel
 from fcrkit.models import persistence
 from fcrkit.models.persistence import META_FILE, WEIGHTS_FILE
-from fcrkit.spec import ModelSpec, line_of
+from fcrkit.spec import ComponentSpec, ModelSpec, line_of
 from fcrkit.train import distributed
 from fcrkit.train.trainer import History, Trainer, TrainingPlan, resolve_device
 
@@ -72,7 +74,7 @@ class Model:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            self.module = GenerativeModel(spec, setup.label_dims, adata.n_vars)
+            self.module = GenerativeModel(spec, setup.label_dims, adata.n_vars, label_groups=setup.label_groups)
         check_values(get_matrix(adata, setup.layer, stream=True), self.module.likelihood.input_kind,
                      likelihood=spec.likelihood.name, layer=setup.layer)
         self.var_names = [str(v) for v in adata.var_names]
@@ -302,6 +304,7 @@ class Model:
         treatment: str,
         dose: float | str = 1.0,
         *,
+        counterfactual: str = "prior",
         from_prior: str = "sample",
         batch_size: int = 1024,
         seed: int | None = None,
@@ -309,12 +312,23 @@ class Model:
     ) -> AnnData:
         """Counterfactual expression of the cells of ``adata`` (typically controls) under ``treatment``.
 
-        Each cell is encoded; every block whose prior conditions on the treatment is replaced by a
-        draw from its prior under the target condition (the cell's own covariates with ``treatment``
-        at ``dose``; ``from_prior="mean"`` takes the prior mean instead); the other blocks keep their
-        posterior means; the decoder's expected value under the target labels is returned (a decoder
-        that conditions on the treatment, as CPA's, thus sees the target treatment). Combinations are
-        ``"A+B"``.
+        Each cell is encoded; the blocks whose prior conditions on the treatment (FCR's ``z_t`` and
+        ``z_tx``) are moved to the target condition (the cell's own covariates with ``treatment`` at
+        ``dose``), the other blocks keep their posterior means, and the decoder's expected value under
+        the target labels is returned (a decoder that conditions on the treatment, as CPA's, thus sees
+        the target treatment). Combinations are ``"A+B"``. Two ways to move a block:
+
+        - ``counterfactual="prior"`` (default): replace it by a draw from its prior under the target
+          condition (``from_prior="mean"``: by the prior mean). The cell keeps nothing of its own in
+          that block: the prediction is the target condition's typical response on the cell's ``z_x``.
+        - ``counterfactual="shift"``: keep the cell's posterior mean and add the difference of the
+          prior means under the target and under the cell's own condition,
+          ``z + μ_prior(target) − μ_prior(own)``: the cell keeps its deviation from its condition's
+          mean in every block (``from_prior`` does not apply). Predicting a cell's own condition gives
+          back its reconstruction.
+
+        Which is better depends on the data; on Kang's held-out CD14 monocytes both are measured in
+        docs/recipes/fcr.md.
 
         Returns:
             An AnnData with the same cells and genes whose ``X`` is the predicted mean on the scale of
@@ -323,6 +337,9 @@ class Model:
             one draw per cell from the likelihood instead (counts with sampling zeros, for distribution
             metrics such as :func:`fcrkit.metrics.energy_distance`), seeded by ``seed``.
         """
+        if counterfactual not in ("prior", "shift"):
+            raise ConfigError(f"counterfactual={counterfactual!r} is not 'prior' (redraw the treatment blocks from "
+                              "their priors) or 'shift' (shift the cell's posterior by the prior means' difference).")
         if from_prior not in ("sample", "mean"):
             raise ConfigError(f"from_prior={from_prior!r} is not 'sample' or 'mean'.")
         if self.setup.treatment_key is None:
@@ -339,15 +356,22 @@ class Model:
             z = {name: loc for name, (loc, _) in self.module.encode(batch).items()}
             for name in swapped:
                 prior = self.module.prior_distribution(name, labels, len(batch.index))
-                mean = from_prior == "mean"
-                z[name] = prior.mean if mean else torch.normal(prior.mean, prior.stddev, generator=generator)
+                if counterfactual == "shift":
+                    own = self.module.prior_distribution(name, batch.labels, len(batch.index))
+                    z[name] = z[name] + prior.mean - own.mean
+                elif from_prior == "mean":
+                    z[name] = prior.mean
+                else:
+                    z[name] = torch.normal(prior.mean, prior.stddev, generator=generator)
             return self.module.decode_mean(z, labels, batch.library, sample=sample)
 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed if seed is not None else 0)  # the likelihood's draws (sample=True)
             values = self._decode_cells(adata, decode, self._target_labels(adata, treatment, dose), batch_size)
-        return self._prediction(adata, values, treatment, dose,
-                                {"redrawn_blocks": swapped, "from_prior": from_prior, "sampled": sample})
+        moved: dict[str, Any] = {"counterfactual": counterfactual, "sampled": sample}
+        moved.update({"shifted_blocks": swapped} if counterfactual == "shift"
+                     else {"redrawn_blocks": swapped, "from_prior": from_prior})
+        return self._prediction(adata, values, treatment, dose, moved)
 
     # -- the pieces of a prediction (recipes with their own predict, as ScGen, use them too) ----------------
     def _target_obs(self, adata: AnnData, treatment: str, dose: float | str) -> Any:
@@ -500,7 +524,13 @@ class Recipe(Model):
     """A model whose spec is written by ``build_spec``; the recipe takes that function's arguments.
 
     A subclass sets ``build_spec = staticmethod(my_spec_function)`` and documents the arguments; its
-    signature (shown by ``help`` and IDEs) becomes ``(adata, <build_spec's arguments>, *, seed=None)``.
+    signature (shown by ``help`` and IDEs) becomes ``(adata, <build_spec's arguments>,
+    *, likelihood_options=None, seed=None)``.
+
+    Every recipe takes ``likelihood_options``: keyword options of its likelihood component, e.g.
+    ``FCR(adata, likelihood="gaussian", likelihood_options={"scale": "gene-cell"})`` for a per-cell
+    scale. They are added to ``build_spec`` itself, so a run config's ``[model]`` table and the
+    benchmark's recipe tables accept them too.
     """
 
     build_spec: ClassVar[Callable[..., ModelSpec]]
@@ -510,6 +540,8 @@ class Recipe(Model):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "build_spec" in cls.__dict__:
+            cls.build_spec = staticmethod(_with_likelihood_options(cls.__dict__["build_spec"].__func__))
         kinds = inspect.Parameter
         adata = kinds("adata", kinds.POSITIONAL_OR_KEYWORD, annotation=AnnData)
         seed = kinds("seed", kinds.KEYWORD_ONLY, default=None, annotation=int | None)
@@ -528,6 +560,37 @@ def _positions(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np.nda
         raise ConfigError(f"indices: position {int(rows.max() if rows.max() >= n_obs else rows.min())} is out of "
                           f"range for {n_obs} cells.")
     return rows % n_obs
+
+
+def _with_likelihood_options(build: Callable[..., ModelSpec]) -> Callable[..., ModelSpec]:
+    """``build`` with one more keyword argument, ``likelihood_options``, merged into its spec's likelihood."""
+    if getattr(build, "_adds_likelihood_options", False):  # a subclass reusing a parent's build_spec
+        return build
+
+    @functools.wraps(build)
+    def spec_with_likelihood_options(*args: Any, likelihood_options: Mapping[str, Any] | None = None,
+                                     **kwargs: Any) -> ModelSpec:
+        spec = build(*args, **kwargs)
+        if likelihood_options is None:
+            return spec
+        if not isinstance(likelihood_options, Mapping) or not all(isinstance(k, str) for k in likelihood_options):
+            raise ConfigError(f"likelihood_options={likelihood_options!r} must be a dict of the likelihood's "
+                              f"options, e.g. {{'scale': 'gene-cell'}} for likelihood 'gaussian'.")
+        lik = spec.likelihood
+        return dataclasses.replace(spec, likelihood=ComponentSpec(lik.name, lik.conditions,
+                                                                  {**lik.options, **likelihood_options}))
+
+    try:
+        signature = inspect.signature(build, eval_str=True)
+    except (NameError, TypeError, AttributeError, SyntaxError):
+        signature = inspect.signature(build)
+    params = list(signature.parameters.values())
+    option = inspect.Parameter("likelihood_options", inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Mapping[str, Any] | None)
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    spec_with_likelihood_options.__signature__ = signature.replace(parameters=[*params[:at], option, *params[at:]])
+    spec_with_likelihood_options._adds_likelihood_options = True
+    return spec_with_likelihood_options
 
 
 def _check_adata(adata: Any, argument: str = "adata") -> None:

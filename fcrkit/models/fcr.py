@@ -44,6 +44,18 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 BLOCKS = ("x", "tx", "t")  # the decoder reads [z_x, z_tx, z_t]
 
+#: Settings that make FCR's interaction block identifiable on ``fcrkit.simulate.hard_interaction``
+#: (``FCR(adata, **HARD_WORLD["model"])``, ``model.train(**HARD_WORLD["train"])``): every prior is a
+#: free per-condition table (``tx_prior="outer"``, ``prior_layers=0``), so that the priors of
+#: ``z_tx`` vary across all (x, t) pairs as freely as the identifiability theory asks. Not the
+#: default: a table has no learned entry for a (covariate, treatment) pair never seen in training,
+#: whose ``z_tx`` prior then falls back to the main effects plus an untrained interaction weight.
+#: Measurements: ``docs/recipes/fcr.md`` (``benchmarks/fcr_hard_world.py``).
+HARD_WORLD: dict[str, dict[str, Any]] = {
+    "model": {"tx_prior": "outer", "prior_layers": 0},
+    "train": {"max_epochs": 60, "batch_size": 256, "lr": 3e-3},
+}
+
 
 def fcr_spec(
     likelihood: str = "nb",
@@ -55,6 +67,7 @@ def fcr_spec(
     n_hidden: int = 128,
     n_layers: int = 2,
     prior_hidden: int = 64,
+    prior_layers: int = 1,
     kl_warmup_epochs: float = 10,
     control_pairing: str = "covariates",
     published_noop: bool = False,
@@ -76,17 +89,19 @@ def fcr_spec(
         if key not in w:
             raise ConfigError(f"FCR weights: unknown term {key!r}.{did_you_mean(key, w)} Terms: {listing(w)}.")
         w[key] = value
-    if tx_prior not in ("concat", "product"):
-        raise ConfigError(f"tx_prior={tx_prior!r} is not 'concat' (the authors' run) or 'product' "
-                          "(the paper's k_t ⊙ k_x).")
+    if tx_prior not in ("concat", "product", "outer"):
+        raise ConfigError(f"tx_prior={tx_prior!r} is not 'concat' (the authors' run), 'product' "
+                          "(the paper's k_t ⊙ k_x) or 'outer' (every interaction of the labels).")
 
     conditions = {"x": ("x",), "t": ("t",), "tx": ("x", "t")}
     encoder = {"n_hidden": n_hidden, "n_layers": n_layers}
 
     def prior(block: str) -> ComponentSpec:
-        options: dict[str, Any] = {"n_hidden": prior_hidden}
+        options: dict[str, Any] = {"n_hidden": prior_hidden, "n_layers": prior_layers}
         if block == "tx":
             options["combine"] = tx_prior
+            if tx_prior == "product":  # k_t ⊙ k_x with the embeddings of p(z_t | t) and p(z_x | x)
+                options["embeddings_from"] = {"x": "x", "t": "t"}
         return ComponentSpec("conditional_gaussian", conditions[block], options)
 
     blocks = tuple(BlockSpec(b, sizes[b], prior=prior(b), encoder=ComponentSpec("mlp", conditions[b], encoder))
@@ -129,10 +144,14 @@ class FCR(Recipe):
         weights: override weights of the terms in :data:`DEFAULT_WEIGHTS` (0 removes a term).
         regularizers: extra regularisers (names, dicts or RegularizerSpecs) added to the spec, or
             replacing the FCR term with the same key; e.g. ``[{"name": "my_hsic", "weight": 10}]``.
-        tx_prior: form of ``p(z_tx | t, x)``: ``"concat"`` (an MLP on the concatenated label
-            embeddings, as in the authors' run) or ``"product"`` (``k_t ⊙ k_x``, the paper's figure).
+        tx_prior: form of ``p(z_tx | t, x)``: ``"concat"`` (an MLP on the concatenated labels, as
+            in the authors' run), ``"product"`` (``k_t ⊙ k_x``, the paper's figure, with the label
+            embeddings ``k_x``, ``k_t`` of the priors ``p(z_x | x)`` and ``p(z_t | t)``, shared) or
+            ``"outer"`` (features of every label interaction; with ``prior_layers=0`` a free table
+            per condition, see :data:`HARD_WORLD`).
         n_hidden, n_layers: encoder and decoder MLPs.
         prior_hidden: the priors' embedding width.
+        prior_layers: hidden layers of each prior's embedding (0: linear in the label features).
         kl_warmup_epochs: linear KL warm-up.
         control_pairing: ``"covariates"`` (controls of the same covariates) or ``"any"``.
         published_noop: reproduce the published code's discriminators, which pass no gradient.
@@ -146,7 +165,8 @@ class FCR(Recipe):
             3 seeds 0.58 with it, 0.75 without).
 
     Latents go to ``obsm["X_fcr_x"]``, ``["X_fcr_tx"]``, ``["X_fcr_t"]``; ``predict`` redraws ``z_t``
-    and ``z_tx`` from their priors under the target condition.
+    and ``z_tx`` from their priors under the target condition (``counterfactual="shift"``: shifts the
+    cell's posterior by the difference of the prior means instead).
     """
 
     build_spec = staticmethod(fcr_spec)
