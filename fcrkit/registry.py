@@ -30,7 +30,7 @@ from fcrkit.protocols import CLASS_METHODS, FACTORY_ARGS, KINDS, instance_proble
 ENTRY_POINT_GROUP = "fcrkit"
 DISABLE_ENV = "FCRKIT_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = tuple(
-    f"fcrkit.components.{kind}s" for kind in ("encoder", "prior", "decoder", "likelihood", "regularizer")
+    f"fcrkit.components.{kind}s" for kind in ("encoder", "prior", "decoder", "likelihood", "regularizer", "posterior")
 ) + ("fcrkit.components.structure", "fcrkit.components.independence", "fcrkit.components.sparse_shift",
      "fcrkit.components.cpa", "fcrkit.components.counterfactual")
 
@@ -91,8 +91,8 @@ class Registry:
     """Typed facade over the registered components.
 
     Plugins add components with :meth:`encoder`, :meth:`prior`, :meth:`decoder`,
-    :meth:`likelihood` and :meth:`regularizer`; fcrkit looks them up with :meth:`get` and builds
-    them with :meth:`build`.
+    :meth:`likelihood`, :meth:`regularizer` and :meth:`posterior`; fcrkit looks them up with
+    :meth:`get` and builds them with :meth:`build`.
     """
 
     def __init__(self) -> None:
@@ -120,6 +120,10 @@ class Registry:
     def regularizer(self, name: str, factory: Callable[..., Any], summary: str | None = None) -> None:
         """Register a regulariser factory ``f(info, **options)``."""
         self._add("regularizer", name, factory, summary)
+
+    def posterior(self, name: str, factory: Callable[..., Any], summary: str | None = None) -> None:
+        """Register a posterior family factory ``f(dim, **options)``."""
+        self._add("posterior", name, factory, summary)
 
     def _add(self, kind: str, name: str, factory: Callable[..., Any], summary: str | None) -> None:
         plugin, origin = self._plugin or ("(direct call)", "")

@@ -37,7 +37,7 @@ from fcrkit.errors import (
 from fcrkit.model import GenerativeModel
 from fcrkit.models import persistence
 from fcrkit.models.persistence import META_FILE, WEIGHTS_FILE
-from fcrkit.spec import ModelSpec, line_of
+from fcrkit.spec import DEFAULT_POSTERIOR, ModelSpec, line_of
 from fcrkit.train import distributed
 from fcrkit.train.trainer import History, Trainer, TrainingPlan, resolve_device
 
@@ -160,7 +160,9 @@ class Model:
         """Latent blocks of the cells of ``adata`` (default: the training data).
 
         Returns a dict from ``obsm`` key (``X_<model>`` or ``X_<model>_<block>``) to a
-        ``(n_cells, dim)`` array: posterior means, or one posterior sample with ``give_mean=False``.
+        ``(n_cells, dim)`` array: posterior means (for a ``flow`` posterior, the flow's image of its
+        base mean; see :meth:`fcrkit.protocols.Posterior.point`), or one posterior sample with
+        ``give_mean=False``.
         Put them in the AnnData with ``adata.obsm.update(...)``.
         """
         data = self._cell_data(adata)
@@ -168,8 +170,7 @@ class Model:
         out: dict[str, list[np.ndarray]] = {b.name: [] for b in self.spec.blocks}
         index = torch.arange(data.n_obs, device=data.device)
         for batch in data.iter_batches(index, batch_size, shuffle=False):
-            for name, (loc, scale) in self.module.encode(batch).items():
-                z = loc if give_mean else loc + scale * torch.randn_like(loc)
+            for name, z in self.module.latent(batch, mean=give_mean).items():
                 out[name].append(z.cpu().numpy())
         return {self.spec.obsm_key(name): np.concatenate(parts) for name, parts in out.items()}
 
@@ -211,7 +212,7 @@ class Model:
         generator = torch.Generator(device=device).manual_seed(seed if seed is not None else 0)
 
         def decode(batch: Batch, labels: dict[str, torch.Tensor]) -> torch.Tensor:
-            z = {name: loc for name, (loc, _) in self.module.encode(batch).items()}
+            z = self.module.latent(batch)
             for name in swapped:
                 prior = self.module.prior_distribution(name, labels, len(batch.index))
                 mean = from_prior == "mean"
@@ -358,21 +359,32 @@ class Recipe(Model):
     """A model whose spec is written by ``build_spec``; the recipe takes that function's arguments.
 
     A subclass sets ``build_spec = staticmethod(my_spec_function)`` and documents the arguments; its
-    signature (shown by ``help`` and IDEs) becomes ``(adata, <build_spec's arguments>, *, seed=None)``.
+    signature (shown by ``help`` and IDEs) becomes
+    ``(adata, <build_spec's arguments>, *, posterior="normal", seed=None)``.
+
+    Every recipe takes ``posterior``: the posterior family of all its blocks (``"normal"``, the
+    default, ``"flow"``, ``"delta"`` or any registered family; a name or a table with options such
+    as ``{"name": "flow", "n_flows": 4}``). See the Inference page of the docs.
     """
 
     build_spec: ClassVar[Callable[..., ModelSpec]]
 
-    def __init__(self, adata: AnnData, *args: Any, seed: int | None = None, **kwargs: Any):
-        super().__init__(adata, self.build_spec(*args, **kwargs), seed=seed)
+    def __init__(self, adata: AnnData, *args: Any, posterior: str | Mapping[str, Any] = DEFAULT_POSTERIOR,
+                 seed: int | None = None, **kwargs: Any):
+        spec = self.build_spec(*args, **kwargs)
+        if posterior != DEFAULT_POSTERIOR:
+            spec = spec.with_posterior(posterior)
+        super().__init__(adata, spec, seed=seed)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         kinds = inspect.Parameter
         adata = kinds("adata", kinds.POSITIONAL_OR_KEYWORD, annotation=AnnData)
+        posterior = kinds("posterior", kinds.KEYWORD_ONLY, default=DEFAULT_POSTERIOR,
+                          annotation=str | Mapping[str, Any])
         seed = kinds("seed", kinds.KEYWORD_ONLY, default=None, annotation=int | None)
         arguments = inspect.signature(cls.build_spec).parameters.values()
-        cls.__signature__ = inspect.Signature([adata, *arguments, seed])
+        cls.__signature__ = inspect.Signature([adata, *arguments, posterior, seed])
 
 
 def _check_adata(adata: Any, argument: str = "adata") -> None:
