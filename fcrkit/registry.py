@@ -32,7 +32,7 @@ DISABLE_ENV = "FCRKIT_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = tuple(
     f"fcrkit.components.{kind}s" for kind in ("encoder", "prior", "decoder", "likelihood", "regularizer", "posterior")
 ) + ("fcrkit.components.structure", "fcrkit.components.independence", "fcrkit.components.sparse_shift",
-     "fcrkit.components.cpa", "fcrkit.components.counterfactual")
+     "fcrkit.components.cpa", "fcrkit.components.counterfactual", "fcrkit.components.mixture")
 
 
 def builtin_origin() -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import types
 
+import anndata as ad
 import numpy as np
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from sklearn.metrics import adjusted_rand_score
 
 import fcrkit
 from fcrkit.data.loaders import CellData
@@ -122,3 +125,113 @@ def test_context_exposes_the_flows_base_normal(small_adata):
     torch.testing.assert_close(ctx.loc["z"], loc)
     torch.testing.assert_close(ctx.scale["z"], scale)
     assert not torch.allclose(ctx.z["z"], loc)
+
+
+# -- B. objectives ------------------------------------------------------------------------------------
+def batch_of(model: Model, n: int = 64):
+    data = CellData.from_anndata(model.adata, model.setup)
+    return data.batch(torch.arange(n)), data.n_obs
+
+
+def test_iwae_with_one_particle_is_the_elbo_and_with_many_the_iwelbo_metric(small_adata):
+    """The IWAE objective is scaled like the others (per data set) and bounds like fcrkit.metrics' IWELBO."""
+    from fcrkit.metrics.likelihood import likelihood_bounds
+    from fcrkit.train.objectives import resolve_objective
+
+    model = Model(small_adata, vae_spec("flow"), seed=0)
+    model.module.eval()
+    batch, n_obs = batch_of(model)
+    losses = {}
+    for name in ("trace", "iwae"):
+        pyro.set_rng_seed(3)
+        with torch.no_grad():
+            losses[name] = float(resolve_objective(name, 1).differentiable_loss(model.module.model, model.module.guide,
+                                                                                batch, n_obs))
+    assert losses["iwae"] == pytest.approx(losses["trace"], rel=1e-5)
+    pyro.set_rng_seed(3)
+    with torch.no_grad():  # plate size = batch size: the sum of the cells' bounds
+        iwae = -float(resolve_objective("iwae", 100).differentiable_loss(model.module.model, model.module.guide,
+                                                                         batch, len(batch.index)))
+    bounds = likelihood_bounds(model, small_adata[:64], k=100, seed=0).sum()
+    assert iwae == pytest.approx(bounds["iwelbo"], rel=2e-3)
+    assert iwae > bounds["elbo"] + 1.0  # the importance-weighted bound is the tighter one, by a margin
+
+
+@pytest.mark.parametrize("elbo, k", [("iwae", 4), ("trace", 2), ("trace_meanfield", 2)])
+def test_objectives_train(small_adata, elbo, k):
+    model = SCVI(small_adata, n_latent=3, n_hidden=32, posterior="flow", kl_warmup_epochs=0, seed=0)
+    history = model.train(max_epochs=3, batch_size=200, lr=1e-2, accelerator="cpu", seed=0, elbo=elbo, num_particles=k)
+    assert history["validation_loss"][-1] < history["validation_loss"][0]
+
+
+def test_refused_objectives_name_the_combination_and_the_fix(small_adata):
+    with pytest.raises(ConfigError, match=r"cannot be trained with elbo='iwae'.*'kl \(weight 1, warm-up 20 epochs\)'"
+                                          r".*kl_warmup_epochs=0"):
+        SCVI(small_adata, n_latent=3, seed=0).train(max_epochs=1, accelerator="cpu", elbo="iwae", num_particles=2)
+    mixture = vae_spec(prior={"name": "gaussian_mixture", "n_components": 2})
+    for elbo in ("trace_meanfield", "trace", "iwae"):
+        with pytest.raises(ConfigError, match=rf"elbo='{elbo}'.*block\(s\) \"z \(prior 'gaussian_mixture'\)\" sum out "
+                                              r"a discrete site.*elbo='trace_enum'"):
+            Model(small_adata, mixture, seed=0).train(max_epochs=1, accelerator="cpu", elbo=elbo)
+    with pytest.raises(ConfigError, match="num_particles=0 must be a positive integer"):
+        SCVI(small_adata, seed=0).train(max_epochs=1, accelerator="cpu", num_particles=0)
+    with pytest.raises(ConfigError, match="set num_particles on the instance"):
+        SCVI(small_adata, seed=0).train(max_epochs=1, accelerator="cpu", elbo=pyro.infer.Trace_ELBO(),
+                                        num_particles=3)
+
+
+# -- an enumerated discrete latent ----------------------------------------------------------------------
+def three_clusters(n: int = 300, n_genes: int = 30, seed: int = 0) -> ad.AnnData:
+    """Poisson counts from a 2-d latent drawn around three well-separated centres; obs["cluster"] says which."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 3, n)
+    centres = np.array([[0.0, 4.0], [-3.5, -2.0], [3.5, -2.0]])
+    z = centres[label] + rng.normal(0.0, 0.5, (n, 2))
+    logits = z @ rng.normal(0.0, 1.0, (2, n_genes))
+    rate = 500 * np.exp(logits - logits.max(1, keepdims=True))
+    rate /= rate.sum(1, keepdims=True) / 500
+    adata = ad.AnnData(rng.poisson(rate).astype(np.float32))
+    adata.obs["cluster"] = label.astype(str)
+    fcrkit.setup_anndata(adata)
+    return adata
+
+
+def test_mixture_prior_trains_under_enumeration_and_its_components_find_the_clusters():
+    adata = three_clusters()
+    spec = {"name": "gmvae", "likelihood": "poisson", "decoder": {"name": "mlp", "n_hidden": 32},
+            "blocks": [{"name": "z", "dim": 2, "prior": {"name": "gaussian_mixture", "n_components": 3},
+                        "encoder": {"name": "mlp", "n_hidden": 32}}]}
+    model = Model(adata, spec, seed=0)
+    history = model.train(max_epochs=25, batch_size=100, lr=1e-2, accelerator="cpu", seed=0, elbo="trace_enum")
+    assert history["validation_loss"][-1] < history["validation_loss"][0]
+    z = torch.as_tensor(model.get_latent_representation()["X_gmvae"])
+    with torch.no_grad():
+        found = model.module.priors["z"].responsibilities(z).argmax(-1).numpy()
+    truth = adata.obs["cluster"].to_numpy()
+    chance = np.mean([adjusted_rand_score(np.random.default_rng(s).permutation(truth), found) for s in range(20)])
+    assert adjusted_rand_score(truth, found) > 0.8 > chance + 0.7
+    # the metrics sum the component out as TraceEnum_ELBO does: their ELBO is the trainer's (Monte Carlo) ELBO
+    bounds = fcrkit.metrics.likelihood_bounds(model, k=20).mean()
+    batch, n_obs = batch_of(model, adata.n_obs)
+    pyro.set_rng_seed(0)
+    enum_loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1, num_particles=20).loss(
+        model.module.model, model.module.guide, batch, n_obs)
+    assert -bounds["elbo"] == pytest.approx(enum_loss / n_obs, rel=0.01)
+
+
+def test_mixture_program_and_its_marginal_are_the_same_prior():
+    """Summing the enumerated component out of the prior program gives the closed-form marginal."""
+    from fcrkit.components.mixture import GaussianMixturePrior
+
+    prior = GaussianMixturePrior(2, {}, n_components=4)
+    z = torch.randn(5, 2)
+
+    def program():
+        with pyro.plate("cells", 5):
+            prior.sample("z", {}, 5)
+
+    conditioned = poutine.condition(poutine.enum(program, first_available_dim=-2), data={"z": z})
+    trace = poutine.trace(conditioned).get_trace()
+    joint = trace.nodes["z_component"]["fn"].log_prob(trace.nodes["z_component"]["value"]) + \
+        trace.nodes["z"]["fn"].log_prob(z)
+    torch.testing.assert_close(torch.logsumexp(joint, 0), prior.distribution({}, 5).log_prob(z))

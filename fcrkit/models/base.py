@@ -124,7 +124,9 @@ class Model:
                 into memory at a time; minibatches are block-shuffled within such chunks (see
                 :mod:`fcrkit.data.backed`). None: chunks of about 64 MB. Ignored for in-memory data.
 
-        Further settings (``weight_decay``, ``elbo``, ``validation_fraction``, ``early_stopping``,
+        Further settings (``weight_decay``, ``elbo`` and ``num_particles`` (the objective:
+        ``"trace_meanfield"``, ``"trace"``, ``"iwae"`` or ``"trace_enum"``; see
+        :mod:`fcrkit.train.objectives`), ``validation_fraction``, ``early_stopping``,
         ``patience``, ``min_delta``, ``progress_bar``, ``drop_last``, ``compile``) are those of
         :class:`~fcrkit.train.TrainingPlan`.
 
