@@ -11,6 +11,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from torch import nn
 from sklearn.metrics import adjusted_rand_score
 
 import fcrkit
@@ -235,3 +236,50 @@ def test_mixture_program_and_its_marginal_are_the_same_prior():
     joint = trace.nodes["z_component"]["fn"].log_prob(trace.nodes["z_component"]["value"]) + \
         trace.nodes["z"]["fn"].log_prob(z)
     torch.testing.assert_close(torch.logsumexp(joint, 0), prior.distribution({}, 5).log_prob(z))
+
+
+# -- C. a flow posterior is a better posterior -------------------------------------------------------------
+def correlated_weights(n_genes: int) -> torch.Tensor:
+    """(2, genes) loadings under which the counts tell ``z1 + z2`` far better than ``z1 - z2``: the
+    posterior of ``(z1, z2)`` is correlated, which no diagonal Normal can express."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n_genes, generator=gen), torch.randn(n_genes, generator=gen)
+    return torch.stack([a + 0.4 * b, a - 0.4 * b])
+
+
+class FixedLinearDecoder(nn.Module):
+    """The simulator's own linear decoder (nothing to learn): every model shares one generative model."""
+
+    def __init__(self, n_input, n_output, heads, label_dims):
+        super().__init__()
+        self.register_buffer("w", correlated_weights(n_output))
+
+    def forward(self, z, labels):
+        return {"mean": z @ self.w}
+
+
+def test_flow_posterior_narrows_the_gap_between_iwelbo_and_elbo(fcrkit_plugin):
+    """Same generative model (fixed decoder, N(0, I) prior, Poisson counts) and data; only the guide
+    differs. The gap IWELBO(k=100) - ELBO estimates how far q is from the true posterior."""
+    plugin = types.ModuleType("fixed_decoder")
+
+    @fcrkit.hookimpl
+    def fcrkit_register_components(registry):
+        registry.decoder("test_fixed_linear", FixedLinearDecoder)
+
+    plugin.fcrkit_register_components = fcrkit_register_components
+    fcrkit_plugin(plugin)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(300, 2, generator=gen)
+    adata = ad.AnnData(torch.poisson(300 * torch.softmax(z @ correlated_weights(30), -1), generator=gen).numpy())
+    fcrkit.setup_anndata(adata)
+    gaps = {}
+    for family in ("normal", "flow"):
+        spec = {"name": "v", "decoder": "test_fixed_linear", "likelihood": "poisson",
+                "blocks": [{"name": "z", "dim": 2, "posterior": family,
+                            "encoder": {"name": "mlp", "n_hidden": 32, "norm": "none", "dropout": 0.0}}]}
+        model = Model(adata, spec, seed=0)
+        model.train(max_epochs=100, batch_size=100, lr=1e-2, accelerator="cpu", seed=0, validation_fraction=0.0)
+        bounds = fcrkit.metrics.likelihood_bounds(model, k=100).mean()
+        gaps[family] = bounds["iwelbo"] - bounds["elbo"]
+    assert gaps["flow"] < gaps["normal"] - 0.5, gaps  # measured: 2.59 and 1.07 nats
