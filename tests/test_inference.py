@@ -11,8 +11,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from torch import nn
 from sklearn.metrics import adjusted_rand_score
+from torch import nn
 
 import fcrkit
 from fcrkit.data.loaders import CellData
