@@ -3,7 +3,10 @@
 Model, for the cells of a minibatch (one ``pyro.plate("cells", N, subsample=index)``)::
 
     z_b ~ prior_b(labels)            for each block b (a site named b, event dim = block dim)
-    y   ~ likelihood(decoder([z_1, ..., z_B], labels), library)      (site "y", event dim = genes)
+    y   ~ likelihood(decoder(combiner({z_b}, labels), labels), library)   (site "y", event dim = genes)
+
+The combiner concatenates the blocks unless the spec names another (see
+:mod:`fcrkit.components.combiners`).
 
 Guide::
 
@@ -72,8 +75,10 @@ class GenerativeModel(nn.Module):
             self.encoders["joint"] = self._build(
                 registry, "encoder", spec.joint_encoder, "joint.encoder", self.n_genes, n_latent
             )
+        self.combiner = self._build(registry, "combiner", spec.combiner, "combiner", spec.block_dims)
         self.decoder = self._build(
-            registry, "decoder", spec.decoder, "decoder", n_latent, self.n_genes, tuple(self.likelihood.heads)
+            registry, "decoder", spec.decoder, "decoder", self.combiner.n_output, self.n_genes,
+            tuple(self.likelihood.heads)
         )
         info = ModelInfo(spec.block_dims, self.label_dims, self.n_genes)
         self.regularizers: dict[str, object] = {r.key: registry.build("regularizer", r.name, info, **r.options)
@@ -119,8 +124,9 @@ class GenerativeModel(nn.Module):
         """p(y, z | labels) for the cells of ``batch``; ``n_obs`` is the plate size (training cells)."""
         n = batch.y.shape[0]
         with pyro.plate("cells", n_obs, subsample=batch.index):
-            z = [self._sample_prior(name, prior, batch.labels, n) for name, prior in self.priors.items()]
-            params = self.decoder(torch.cat(z, dim=-1), self.labels_for("decoder", batch.labels))
+            z = {name: self._sample_prior(name, prior, batch.labels, n) for name, prior in self.priors.items()}
+            params = self.decoder(self.combiner(z, self.labels_for("combiner", batch.labels)),
+                                  self.labels_for("decoder", batch.labels))
             pyro.sample("y", self.likelihood.distribution(params, batch.library), obs=batch.y)
 
     def _sample_prior(self, name: str, prior: nn.Module, labels: Labels, n: int) -> Tensor:
@@ -169,7 +175,7 @@ class GenerativeModel(nn.Module):
 
     def decode_mean(self, z: Mapping[str, Tensor], labels: Labels, library: Tensor) -> Tensor:
         """Expected expression given block values ``z`` (on the data's scale)."""
-        params = self.decoder(torch.cat([z[name] for name in self.priors], dim=-1), self.labels_for("decoder", labels))
+        params = self.decoder(self.combiner(z, self.labels_for("combiner", labels)), self.labels_for("decoder", labels))
         return self.likelihood.mean(params, library)
 
     def context(self, guide_trace: Trace, batch: Batch, n_obs: int, epoch: int = 0, progress: float = 0.0,

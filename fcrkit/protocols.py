@@ -1,6 +1,6 @@
 """The contract between fcrkit and its components.
 
-A component is made by a *factory* (a class or a function) registered under a name of one of six
+A component is made by a *factory* (a class or a function) registered under a name of one of seven
 kinds. fcrkit calls the factory with the positional arguments below plus the options from the model
 spec as keyword arguments, and uses the object it returns only through the methods below.
 
@@ -25,6 +25,8 @@ regularizer   ``f(info, **options)``                                     ``.loss
 posterior     ``f(dim, **options)``                                      ``nn.Module`` with ``moments``,
                                                                         ``.distribution(loc, scale)``,
                                                                         ``.point``, ``.read_moments``
+combiner      ``f(block_dims, label_dims, **options)``                   ``nn.Module`` with ``n_output``;
+                                                                        ``comb(z, labels) -> tensor``
 ============  ========================================================  =============================
 """
 
@@ -43,7 +45,7 @@ LabelDims = Mapping[str, int]
 Labels = Mapping[str, Tensor]
 InputKind = Literal["counts", "real"]
 
-KINDS: tuple[str, ...] = ("encoder", "prior", "decoder", "likelihood", "regularizer", "posterior")
+KINDS: tuple[str, ...] = ("encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner")
 
 
 @runtime_checkable
@@ -105,6 +107,19 @@ class Decoder(Protocol):
     """
 
     def __call__(self, z: Tensor, labels: Labels) -> dict[str, Tensor]: ...
+
+
+@runtime_checkable
+class Combiner(Protocol):
+    """How the latent blocks reach the decoder: ``comb(z, labels) -> (B, n_output)``.
+
+    ``z`` maps each block's name to its value ``(B, dim)`` (with particles, extra leading dimensions);
+    ``n_output`` is the width of the tensor it returns (the decoder's input width).
+    """
+
+    n_output: int
+
+    def __call__(self, z: Mapping[str, Tensor], labels: Labels) -> Tensor: ...
 
 
 @runtime_checkable
@@ -256,6 +271,8 @@ def instance_problems(kind: str, obj: Any) -> list[str]:
         problems.append(f"it returned a {type(obj).__name__}, not a torch.nn.Module")
     if kind == "prior" and not has_method(obj, "distribution"):
         problems.append("it has no distribution(labels, n) method")
+    if kind == "combiner" and not (isinstance(getattr(obj, "n_output", None), int) and obj.n_output > 0):
+        problems.append("its n_output is not a positive int (the decoder's input width)")
     if kind == "posterior":
         for method in ("distribution", "point", "read_moments"):
             if not has_method(obj, method):
@@ -283,6 +300,7 @@ FACTORY_ARGS: dict[str, tuple[str, ...]] = {
     "likelihood": ("n_genes",),
     "regularizer": ("info",),
     "posterior": ("dim",),
+    "combiner": ("block_dims", "label_dims"),
 }
 
 #: Methods a factory that is a class must define (checked at registration).
@@ -293,5 +311,6 @@ CLASS_METHODS: dict[str, tuple[str, ...]] = {
     "likelihood": ("distribution", "mean"),
     "regularizer": (),
     "posterior": ("distribution", "point", "read_moments"),
+    "combiner": ("forward",),
 }
 

@@ -47,6 +47,8 @@ ENCODER_INPUTS = ("auto", "log1p", "lognorm", "identity")
 CONTROL_PAIRINGS = ("none", "covariates", "any")
 #: The posterior family of a block that names none (a diagonal Normal).
 DEFAULT_POSTERIOR = "normal"
+#: How the blocks reach the decoder when a spec names no combiner (concatenated in spec order).
+DEFAULT_COMBINER = "concat"
 
 
 def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
@@ -245,7 +247,7 @@ class ModelSpec:
     Attributes:
         name: the model's name; latents go to ``obsm["X_<name>"]`` (one block) or
             ``obsm["X_<name>_<block>"]``.
-        blocks: the latent blocks, concatenated in this order as the decoder's input.
+        blocks: the latent blocks, in the order the combiner reads them (concatenated by default).
         decoder, likelihood: components.
         regularizers: extra terms and effects, each with its weight.
         encoder_input: what encoders see: ``"log1p"`` of counts, ``"lognorm"`` (``log1p`` of counts
@@ -253,6 +255,8 @@ class ModelSpec:
             ``encoder_input`` attribute if it has one, else ``log1p`` for count likelihoods, values otherwise).
         joint_encoder: one encoder for all blocks, whose output is split into them (then the
             blocks' own ``encoder`` entries are not used); None for one encoder per block.
+        combiner: how the blocks reach the decoder (``"concat"``, the default; ``"masked"``;
+            ``"sparse_additive"``; see :mod:`fcrkit.components.combiners`).
         control_pairing: ``"none"``; ``"covariates"`` pairs each training cell with a random control
             of the same covariate combination (drawn afresh at every step), whose ELBO is added
             (FCR's control branch); ``"any"`` pairs with any control.
@@ -266,6 +270,7 @@ class ModelSpec:
     encoder_input: str = "auto"
     control_pairing: str = "none"
     joint_encoder: ComponentSpec | None = None
+    combiner: ComponentSpec = field(default_factory=lambda: ComponentSpec(DEFAULT_COMBINER))
 
     def __post_init__(self) -> None:
         _name(self.name, "model")
@@ -292,6 +297,7 @@ class ModelSpec:
         object.__setattr__(self, "regularizers", regs)
         object.__setattr__(self, "decoder", ComponentSpec.parse(self.decoder, "decoder"))
         object.__setattr__(self, "likelihood", ComponentSpec.parse(self.likelihood, "likelihood"))
+        object.__setattr__(self, "combiner", ComponentSpec.parse(self.combiner, "combiner"))
         if self.joint_encoder is not None:
             object.__setattr__(self, "joint_encoder", ComponentSpec.parse(self.joint_encoder, "joint_encoder"))
 
@@ -307,6 +313,8 @@ class ModelSpec:
     def components(self) -> list[tuple[str, ComponentSpec, str]]:
         """Every (kind, component, where) the spec uses, for validation against a registry."""
         out = [("likelihood", self.likelihood, "likelihood"), ("decoder", self.decoder, "decoder")]
+        if self.combiner != ComponentSpec(DEFAULT_COMBINER):  # the built-in default is always there
+            out.append(("combiner", self.combiner, "combiner"))
         for b in self.blocks:
             out.append(("prior", b.prior, f"block {b.name!r} prior"))
             if self.joint_encoder is None:
@@ -328,15 +336,15 @@ class ModelSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         """Build from a plain dict (the shape of the TOML file)."""
         _check_keys(data, ("name", "blocks", "decoder", "likelihood", "regularizers", "encoder_input",
-                           "control_pairing", "joint_encoder"), "model spec")
+                           "control_pairing", "joint_encoder", "combiner"), "model spec")
         blocks = _require(data, "blocks", "model spec")
         if not isinstance(blocks, Sequence) or isinstance(blocks, (str, bytes)):
             raise ConfigError(f"model spec: 'blocks' must be a list of tables, got {blocks!r}.")
         regs = data.get("regularizers", ())
         if isinstance(regs, (str, Mapping)) or not isinstance(regs, Sequence):
             raise ConfigError(f"model spec: 'regularizers' must be a list, got {regs!r}.")
-        fields = {k: data[k] for k in ("decoder", "likelihood", "encoder_input", "control_pairing", "joint_encoder")
-                  if k in data}
+        fields = {k: data[k] for k in ("decoder", "likelihood", "encoder_input", "control_pairing", "joint_encoder",
+                                       "combiner") if k in data}
         return cls(_require(data, "name", "model spec"), tuple(blocks), regularizers=tuple(regs), **fields)
 
     @classmethod
@@ -367,6 +375,7 @@ class ModelSpec:
             "encoder_input": self.encoder_input,
             "control_pairing": self.control_pairing,
             **({"joint_encoder": self.joint_encoder.to_dict()} if self.joint_encoder is not None else {}),
+            **({"combiner": self.combiner.to_dict()} if self.combiner != ComponentSpec(DEFAULT_COMBINER) else {}),
         }
 
 

@@ -104,8 +104,8 @@ def test_builtins_are_listed_with_plugin_origin_and_summary():
         assert isinstance(record.summary, str) and record.summary.strip()
         assert "\n" not in record.summary  # the first line of the docstring
         assert callable(record.factory)
-    # ordered by kind (encoder, prior, decoder, likelihood, regularizer, posterior) then name
-    order = ["encoder", "prior", "decoder", "likelihood", "regularizer", "posterior"]
+    # ordered by kind (encoder, prior, decoder, likelihood, regularizer, posterior, combiner) then name
+    order = ["encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner"]
     keys = [(order.index(r.kind), r.name) for r in records]
     assert keys == sorted(keys)
     likelihoods = ["gaussian", "lognorm_gaussian", "nb", "poisson", "zinb"]

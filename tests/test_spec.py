@@ -127,8 +127,8 @@ def test_unknown_top_level_key_in_dict():
     message = str(err.value)
     assert "unknown key 'likelyhood'" in message
     assert "Did you mean 'likelihood'?" in message
-    assert ("'blocks', 'control_pairing', 'decoder', 'encoder_input', 'joint_encoder', 'likelihood', 'name', "
-            "'regularizers'") in message
+    assert ("'blocks', 'combiner', 'control_pairing', 'decoder', 'encoder_input', 'joint_encoder', 'likelihood', "
+            "'name', 'regularizers'") in message
 
 
 def test_unknown_top_level_key_in_toml_names_file_and_line(tmp_path):

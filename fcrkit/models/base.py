@@ -206,7 +206,7 @@ class Model:
         if self.setup.treatment_key is None:
             raise ConfigError("this model was set up without a treatment_key; it cannot predict a treatment.")
         swapped = [b.name for b in self.spec.blocks if "t" in b.prior.conditions]
-        if not swapped and "t" not in self.spec.decoder.conditions:
+        if not swapped and "t" not in self.spec.decoder.conditions and "t" not in self.spec.combiner.conditions:
             raise ConfigError(f"neither a block prior nor the decoder of model {self.spec.name!r} depends on the "
                               "treatment, so it cannot predict one (FCR, iVAE-style, sVAE or CPA specs can).")
         self._check_target(treatment, dose)

@@ -93,8 +93,8 @@ def check_component(
     carries a small model (``ctx.module``) whose blocks have conditional Gaussian priors, or ``prior``.
 
     Args:
-        kind: ``"encoder"``, ``"prior"``, ``"decoder"``, ``"likelihood"``, ``"regularizer"`` or
-            ``"posterior"``.
+        kind: ``"encoder"``, ``"prior"``, ``"decoder"``, ``"likelihood"``, ``"regularizer"``,
+            ``"posterior"`` or ``"combiner"``.
         component: a registered name, or the factory a plugin registers.
         options: the spec options to build it with.
         block_dims: the blocks of the model a regulariser joins; by default ``x, t, tx``.
@@ -124,6 +124,7 @@ def check_component(
         "likelihood": (N_GENES,),
         "regularizer": (ModelInfo(block_dims, label_dims, N_GENES),),
         "posterior": (4,),
+        "combiner": (block_dims, label_dims),
     }[kind]
     try:
         obj = registry.build(kind, name, *args, **dict(options or {}))
@@ -263,6 +264,16 @@ def _check_posterior(family: Any, labels: dict, args: tuple, generator: torch.Ge
     return problems
 
 
+def _check_combiner(comb: Any, labels: dict, args: tuple, generator: torch.Generator) -> list[str]:
+    block_dims = args[0]
+    z = {b: torch.randn(N_CELLS, d, generator=generator).requires_grad_() for b, d in block_dims.items()}
+    out = comb(z, labels)
+    problems = _shape_problems("comb(z, labels)", out, (N_CELLS, comb.n_output))
+    if not problems:
+        problems += _gradient_problems("comb(z, labels)", out.sum(), z, comb)
+    return problems
+
+
 def _check_regularizer(reg: Any, labels: dict, args: tuple, generator: torch.Generator) -> list[str]:
     info = args[0]
     problems = []
@@ -314,6 +325,7 @@ _CHECKS: dict[str, Callable[[Any, dict, tuple, torch.Generator], list[str]]] = {
     "likelihood": _check_likelihood,
     "regularizer": _check_regularizer,
     "posterior": _check_posterior,
+    "combiner": _check_combiner,
 }
 
 
