@@ -66,6 +66,13 @@ class Prior(Protocol):
     ``distribution(labels, n)`` returns a Pyro distribution with batch shape ``(n,)`` and event shape
     ``(dim,)``. Return a diagonal ``Normal(...).to_event(1)`` to get the analytic KL of
     ``TraceMeanField_ELBO``.
+
+    A prior may also be a small Pyro program: an optional ``sample(name, labels, n)`` method that
+    samples the block's site ``name`` itself (inside the cells plate) and returns its value, with
+    sites of its own before it, e.g. a discrete component marked
+    ``infer={"enumerate": "parallel"}`` that ``elbo="trace_enum"`` sums out (see
+    :class:`fcrkit.components.mixture.GaussianMixturePrior`). ``distribution`` must then be the same
+    prior with those sites marginalised (``predict`` and regularisers that compare with the prior use it).
     """
 
     def distribution(self, labels: Labels, n: int) -> Distribution:
