@@ -31,6 +31,18 @@ def vae_spec(posterior: object = "normal", **block: object) -> dict:
     }
 
 
+def register_one(fcrkit_plugin, kind: str, name: str, factory: type) -> None:
+    """Register ``factory`` as component ``name`` of ``kind`` through a plugin, for one test."""
+    plugin = types.ModuleType(f"plugin_{name}")
+
+    @fcrkit.hookimpl
+    def fcrkit_register_components(registry):
+        getattr(registry, kind)(name, factory)
+
+    plugin.fcrkit_register_components = fcrkit_register_components
+    fcrkit_plugin(plugin)
+
+
 def guide_trace(model: Model, n: int = 16) -> poutine.Trace:
     data = CellData.from_anndata(model.adata, model.setup)
     return poutine.trace(model.module.guide).get_trace(data.batch(torch.arange(n)), data.n_obs)
@@ -97,14 +109,7 @@ class _ReadsScale:
 
 
 def test_regulariser_reading_a_moment_the_family_lacks_is_refused_by_name(small_adata, fcrkit_plugin):
-    plugin = types.ModuleType("reads_scale")
-
-    @fcrkit.hookimpl
-    def fcrkit_register_components(registry):
-        registry.regularizer("test_reads_scale", _ReadsScale)
-
-    plugin.fcrkit_register_components = fcrkit_register_components
-    fcrkit_plugin(plugin)
+    register_one(fcrkit_plugin, "regularizer", "test_reads_scale", _ReadsScale)
     spec = {**vae_spec("delta"), "regularizers": ["test_reads_scale"]}
     with pytest.raises(ConfigError, match="posterior scale of block 'z', but its posterior family 'delta' has no "
                                           "scale: use posterior 'normal'"):
@@ -261,14 +266,7 @@ class FixedLinearDecoder(nn.Module):
 def test_flow_posterior_narrows_the_gap_between_iwelbo_and_elbo(fcrkit_plugin):
     """Same generative model (fixed decoder, N(0, I) prior, Poisson counts) and data; only the guide
     differs. The gap IWELBO(k=100) - ELBO estimates how far q is from the true posterior."""
-    plugin = types.ModuleType("fixed_decoder")
-
-    @fcrkit.hookimpl
-    def fcrkit_register_components(registry):
-        registry.decoder("test_fixed_linear", FixedLinearDecoder)
-
-    plugin.fcrkit_register_components = fcrkit_register_components
-    fcrkit_plugin(plugin)
+    register_one(fcrkit_plugin, "decoder", "test_fixed_linear", FixedLinearDecoder)
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(300, 2, generator=gen)
     adata = ad.AnnData(torch.poisson(300 * torch.softmax(z @ correlated_weights(30), -1), generator=gen).numpy())
