@@ -25,7 +25,8 @@ def fcrkit_register_components(registry: Registry) -> None:
     """Register components with ``registry``.
 
     Call ``registry.encoder(name, factory)``, ``registry.prior(...)``, ``registry.decoder(...)``,
-    ``registry.likelihood(...)`` or ``registry.regularizer(...)`` once per component. The factory's
+    ``registry.likelihood(...)``, ``registry.regularizer(...)``, ``registry.posterior(...)`` or
+    ``registry.combiner(...)`` once per component. The factory's
     call signature and the object it must return are given in :mod:`fcrkit.protocols`; a factory
     that cannot take those arguments, or a name another plugin already registered, is an error
     that names this plugin.

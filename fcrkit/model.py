@@ -3,11 +3,18 @@
 Model, for the cells of a minibatch (one ``pyro.plate("cells", N, subsample=index)``)::
 
     z_b ~ prior_b(labels)            for each block b (a site named b, event dim = block dim)
-    y   ~ likelihood(decoder([z_1, ..., z_B], labels), library)      (site "y", event dim = genes)
+    y   ~ likelihood(decoder(combiner({z_b}, labels), labels), library)   (site "y", event dim = genes)
+
+The combiner concatenates the blocks unless the spec names another (see
+:mod:`fcrkit.components.combiners`).
 
 Guide::
 
-    z_b ~ Normal(encoder_b(input(y), labels))
+    z_b ~ posterior_b(encoder_b(input(y), labels))    (a diagonal Normal unless the block names a family)
+
+A prior may itself be a small Pyro program (a ``sample(name, labels, n)`` method, e.g. a mixture
+whose component is a discrete site summed out by ``TraceEnum_ELBO``); otherwise its
+``distribution`` is sampled at the block's site.
 
 Components are looked up in the registry by name; each sees only the labels its spec lists.
 """
@@ -25,7 +32,7 @@ from torch import Tensor, nn
 from fcrkit.components.nn import lognormalize
 from fcrkit.data.loaders import Batch
 from fcrkit.errors import ConfigError, listing
-from fcrkit.protocols import Context, Labels, ModelInfo
+from fcrkit.protocols import BlockMoments, Context, Labels, ModelInfo
 from fcrkit.registry import Registry, get_registry
 from fcrkit.spec import ComponentSpec, ModelSpec
 
@@ -57,9 +64,12 @@ class GenerativeModel(nn.Module):
         self.likelihood = registry.build("likelihood", lik.name, self.n_genes, **lik.options)
         self.priors = nn.ModuleDict()
         self.encoders = nn.ModuleDict()
+        self.posteriors = nn.ModuleDict()
         n_latent = sum(spec.block_dims.values())
         for block in spec.blocks:
             self.priors[block.name] = self._build(registry, "prior", block.prior, f"{block.name}.prior", block.dim)
+            self.posteriors[block.name] = registry.build("posterior", block.posterior.name, block.dim,
+                                                         **block.posterior.options)
             if spec.joint_encoder is None:
                 self.encoders[block.name] = self._build(
                     registry, "encoder", block.encoder, f"{block.name}.encoder", self.n_genes, block.dim
@@ -71,8 +81,10 @@ class GenerativeModel(nn.Module):
             self.encoders["joint"] = self._build(
                 registry, "encoder", spec.joint_encoder, "joint.encoder", self.n_genes, n_latent
             )
+        self.combiner = self._build(registry, "combiner", spec.combiner, "combiner", spec.block_dims)
         self.decoder = self._build(
-            registry, "decoder", spec.decoder, "decoder", n_latent, self.n_genes, tuple(self.likelihood.heads)
+            registry, "decoder", spec.decoder, "decoder", self.combiner.n_output, self.n_genes,
+            tuple(self.likelihood.heads)
         )
         groups = {k: tuple(int(w) for w in v) for k, v in (label_groups or {}).items()}
         info = ModelInfo(spec.block_dims, self.label_dims, self.n_genes, groups)
@@ -119,19 +131,29 @@ class GenerativeModel(nn.Module):
         """p(y, z | labels) for the cells of ``batch``; ``n_obs`` is the plate size (training cells)."""
         n = batch.y.shape[0]
         with pyro.plate("cells", n_obs, subsample=batch.index):
-            z = [
-                pyro.sample(name, prior.distribution(self.labels_for(f"{name}.prior", batch.labels), n))
-                for name, prior in self.priors.items()
-            ]
-            params = self.decoder(torch.cat(z, dim=-1), self.labels_for("decoder", batch.labels))
+            z = {name: self._sample_prior(name, prior, batch.labels, n) for name, prior in self.priors.items()}
+            params = self.decoder(self.combiner(z, self.labels_for("combiner", batch.labels)),
+                                  self.labels_for("decoder", batch.labels))
             pyro.sample("y", self.likelihood.distribution(params, batch.library), obs=batch.y)
+
+    def _sample_prior(self, name: str, prior: nn.Module, labels: Labels, n: int) -> Tensor:
+        """Block ``name``'s site: the prior's own program if it has one, else a draw of its distribution."""
+        labels = self.labels_for(f"{name}.prior", labels)
+        if callable(getattr(prior, "sample", None)):
+            return prior.sample(name, labels, n)
+        return pyro.sample(name, prior.distribution(labels, n))
 
     def guide(self, batch: Batch, n_obs: int) -> None:
         """q(z | y, labels) for the cells of ``batch``."""
         posterior = self.encode(batch)
         with pyro.plate("cells", n_obs, subsample=batch.index):
             for name, (loc, scale) in posterior.items():
-                pyro.sample(name, dist.Normal(loc, scale).to_event(1))
+                pyro.sample(name, self.posteriors[name].distribution(loc, scale))
+
+    @property
+    def enumerated_blocks(self) -> list[str]:
+        """Blocks whose prior is a program with discrete sites to enumerate (they need ``TraceEnum_ELBO``)."""
+        return [name for name, prior in self.priors.items() if callable(getattr(prior, "sample", None))]
 
     # -- deterministic use of the parts ---------------------------------------------------------------
     def encode(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
@@ -144,6 +166,15 @@ class GenerativeModel(nn.Module):
         sizes = list(self.spec.block_dims.values())
         return {name: (l, s) for name, l, s in zip(self.spec.block_dims, loc.split(sizes, -1), scale.split(sizes, -1))}
 
+    def latent(self, batch: Batch, *, mean: bool = True) -> dict[str, Tensor]:
+        """Each block's value for the cells of ``batch``: its posterior family's point (the mean of a
+        Normal), or one posterior draw with ``mean=False``."""
+        out = {}
+        for name, (loc, scale) in self.encode(batch).items():
+            family = self.posteriors[name]
+            out[name] = family.point(loc, scale) if mean else family.distribution(loc, scale).sample()
+        return out
+
     def prior_distribution(self, block: str, labels: Labels, n: int) -> dist.Distribution:
         """The prior of ``block`` for ``n`` cells with ``labels``, without its ``to_event`` wrapper."""
         prior = self.priors[block].distribution(self.labels_for(f"{block}.prior", labels), n)
@@ -155,7 +186,7 @@ class GenerativeModel(nn.Module):
         With ``sample``, a draw from the likelihood instead (from torch's global random stream); draws of a
         count likelihood are clipped at 0 (``lognorm_gaussian`` puts a little mass below 0).
         """
-        params = self.decoder(torch.cat([z[name] for name in self.priors], dim=-1), self.labels_for("decoder", labels))
+        params = self.decoder(self.combiner(z, self.labels_for("combiner", labels)), self.labels_for("decoder", labels))
         if not sample:
             return self.likelihood.mean(params, library)
         draw = self.likelihood.distribution(params, library).sample()
@@ -163,11 +194,22 @@ class GenerativeModel(nn.Module):
 
     def context(self, guide_trace: Trace, batch: Batch, n_obs: int, epoch: int = 0, progress: float = 0.0,
                 pairs: int = 0) -> Context:
-        """What regularisers see of a minibatch, read off the guide's trace."""
-        z, loc, scale = {}, {}, {}
-        for name in self.priors:
+        """What regularisers see of a minibatch, read off the guide's trace.
+
+        ``loc`` and ``scale`` hold what each block's posterior family exposes (its ``moments``).
+        """
+        z, families = {}, {b.name: b.posterior.name for b in self.spec.blocks}
+        moments: dict[str, dict[str, Tensor]] = {"loc": {}, "scale": {}}
+        lacking: dict[str, dict[str, str]] = {"loc": {}, "scale": {}}
+        for name, family in self.posteriors.items():
             site = guide_trace.nodes[name]
-            normal = site["fn"].base_dist if isinstance(site["fn"], dist.Independent) else site["fn"]
-            z[name], loc[name], scale[name] = site["value"], normal.loc, normal.scale
+            z[name] = site["value"]
+            exposed = family.read_moments(site["fn"])
+            for moment in moments:
+                if moment in exposed:
+                    moments[moment][name] = exposed[moment]
+                else:
+                    lacking[moment][name] = families[name]
+        loc, scale = (BlockMoments(moments[m], m, lacking[m]) for m in ("loc", "scale"))
         return Context(z, loc, scale, batch.labels, batch.index, n_obs, epoch, progress, self, pairs,
                        y=batch.y, library=batch.library)

@@ -1,6 +1,6 @@
 """The contract between fcrkit and its components.
 
-A component is made by a *factory* (a class or a function) registered under a name of one of five
+A component is made by a *factory* (a class or a function) registered under a name of one of seven
 kinds. fcrkit calls the factory with the positional arguments below plus the options from the model
 spec as keyword arguments, and uses the object it returns only through the methods below.
 
@@ -22,6 +22,11 @@ decoder       ``f(n_input, n_output, heads, label_dims, **options)``     ``nn.Mo
 likelihood    ``f(n_genes, **options)``                                  ``nn.Module`` with ``input_kind``,
                                                                         ``heads``, ``.distribution``, ``.mean``
 regularizer   ``f(info, **options)``                                     ``.loss(ctx)`` and/or ``.handler(w)``
+posterior     ``f(dim, **options)``                                      ``nn.Module`` with ``moments``,
+                                                                        ``.distribution(loc, scale)``,
+                                                                        ``.point``, ``.read_moments``
+combiner      ``f(block_dims, label_dims, **options)``                   ``nn.Module`` with ``n_output``;
+                                                                        ``comb(z, labels) -> tensor``
 ============  ========================================================  =============================
 """
 
@@ -34,11 +39,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pyro.distributions import Distribution
 from torch import Tensor, nn
 
+from fcrkit.errors import ConfigError
+
 LabelDims = Mapping[str, int]
 Labels = Mapping[str, Tensor]
 InputKind = Literal["counts", "real"]
 
-KINDS: tuple[str, ...] = ("encoder", "prior", "decoder", "likelihood", "regularizer")
+KINDS: tuple[str, ...] = ("encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner")
 
 
 @runtime_checkable
@@ -63,10 +70,42 @@ class Prior(Protocol):
     Optionally ``link(priors)``: called once, after every block's prior is built, with all of them by
     block name, for a prior that reuses parts of another block's prior (e.g. its label embedding);
     the parts stay registered with, and saved by, the prior that built them.
+
+    A prior may also be a small Pyro program: an optional ``sample(name, labels, n)`` method that
+    samples the block's site ``name`` itself (inside the cells plate) and returns its value, with
+    sites of its own before it, e.g. a discrete component marked
+    ``infer={"enumerate": "parallel"}`` that ``elbo="trace_enum"`` sums out (see
+    :class:`fcrkit.components.mixture.GaussianMixturePrior`). ``distribution`` must then be the same
+    prior with those sites marginalised (``predict`` and regularisers that compare with the prior use it).
     """
 
     def distribution(self, labels: Labels, n: int) -> Distribution:
         """The prior of ``n`` cells with ``labels``: batch shape ``(n,)``, event shape ``(dim,)``."""
+        ...
+
+
+@runtime_checkable
+class Posterior(Protocol):
+    """Variational family of one latent block: turns the encoder's ``(loc, scale)`` into ``q(z | y)``.
+
+    Attributes:
+        moments: which of ``"loc"`` and ``"scale"`` the block exposes to regularisers
+            (:class:`Context`); a regulariser that reads one the family lacks is refused by name.
+    """
+
+    moments: tuple[str, ...]
+
+    def distribution(self, loc: Tensor, scale: Tensor) -> Distribution:
+        """``q(z | y)`` for encoder outputs ``(B, dim)``: batch shape ``(B,)``, event shape ``(dim,)``."""
+        ...
+
+    def point(self, loc: Tensor, scale: Tensor) -> Tensor:
+        """One representative value per cell ``(B, dim)`` (the mean where it is known in closed form):
+        what ``get_latent_representation`` and ``predict`` use."""
+        ...
+
+    def read_moments(self, fn: Distribution) -> dict[str, Tensor]:
+        """The ``moments`` of a distribution made by :meth:`distribution` (as it sits in a guide trace)."""
         ...
 
 
@@ -79,6 +118,19 @@ class Decoder(Protocol):
     """
 
     def __call__(self, z: Tensor, labels: Labels) -> dict[str, Tensor]: ...
+
+
+@runtime_checkable
+class Combiner(Protocol):
+    """How the latent blocks reach the decoder: ``comb(z, labels) -> (B, n_output)``.
+
+    ``z`` maps each block's name to its value ``(B, dim)`` (with particles, extra leading dimensions);
+    ``n_output`` is the width of the tensor it returns (the decoder's input width).
+    """
+
+    n_output: int
+
+    def __call__(self, z: Mapping[str, Tensor], labels: Labels) -> Tensor: ...
 
 
 @runtime_checkable
@@ -125,13 +177,43 @@ class ModelInfo:
     label_groups: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
+class BlockMoments(dict):
+    """``ctx.loc`` or ``ctx.scale``: a tensor per block; a block whose posterior family lacks it raises.
+
+    A plain dict of the blocks that have the moment, plus ``lacking``: block name -> posterior family
+    of the blocks that do not; reading one of those is a :class:`~fcrkit.errors.ConfigError` that
+    names the block, its family and the fix.
+    """
+
+    def __init__(self, values: Mapping[str, Tensor], moment: str, lacking: Mapping[str, str] | None = None):
+        super().__init__(values)
+        self.moment = moment
+        self.lacking = dict(lacking or {})
+
+    def __missing__(self, block: str) -> Tensor:
+        if block in self.lacking:
+            raise ConfigError(
+                f"a regularizer reads the posterior {self.moment} of block {block!r}, but its posterior family "
+                f"{self.lacking[block]!r} has no {self.moment}: use posterior 'normal' (or 'flow') for block "
+                f"{block!r}, or drop that regularizer."
+            )
+        raise KeyError(block)
+
+    def map(self, f: Any) -> BlockMoments:
+        """``f`` applied to every tensor, keeping what is lacking."""
+        return BlockMoments({k: f(v) for k, v in self.items()}, self.moment, self.lacking)
+
+
 @dataclass
 class Context:
     """What a regulariser sees of one minibatch.
 
     Attributes:
         z: posterior sample per block, ``(B, dim)``.
-        loc, scale: posterior parameters per block.
+        loc, scale: posterior parameters per block, as the block's posterior family exposes them
+            (:attr:`Posterior.moments`): exact for ``normal``, the base Normal's (the encoder's
+            output) for ``flow``, ``loc`` only for ``delta``. Reading one a family lacks raises a
+            ConfigError naming the block (see :class:`BlockMoments`).
         labels: every condition of the batch (``"x"``, ``"t"``), whatever the regulariser's spec.
         index: row numbers of the cells in the training data.
         n_obs: the plate size: the number of training cells, twice that with control pairing.
@@ -180,6 +262,8 @@ class Context:
         """A copy whose latents carry no gradient (what adversaries train on)."""
 
         def cut(d: dict[str, Tensor]) -> dict[str, Tensor]:
+            if isinstance(d, BlockMoments):
+                return d.map(Tensor.detach)
             return {k: v.detach() for k, v in d.items()}
 
         return replace(self, z=cut(self.z), loc=cut(self.loc), scale=cut(self.scale))
@@ -229,6 +313,15 @@ def instance_problems(kind: str, obj: Any) -> list[str]:
         problems.append(f"it returned a {type(obj).__name__}, not a torch.nn.Module")
     if kind == "prior" and not has_method(obj, "distribution"):
         problems.append("it has no distribution(labels, n) method")
+    if kind == "combiner" and not (isinstance(getattr(obj, "n_output", None), int) and obj.n_output > 0):
+        problems.append("its n_output is not a positive int (the decoder's input width)")
+    if kind == "posterior":
+        for method in ("distribution", "point", "read_moments"):
+            if not has_method(obj, method):
+                problems.append(f"it has no {method}() method")
+        moments = getattr(obj, "moments", None)
+        if not (isinstance(moments, tuple) and set(moments) <= {"loc", "scale"}):
+            problems.append("its moments is not a tuple of 'loc' and/or 'scale'")
     if kind == "likelihood":
         for method in ("distribution", "mean"):
             if not has_method(obj, method):
@@ -248,6 +341,8 @@ FACTORY_ARGS: dict[str, tuple[str, ...]] = {
     "decoder": ("n_input", "n_output", "heads", "label_dims"),
     "likelihood": ("n_genes",),
     "regularizer": ("info",),
+    "posterior": ("dim",),
+    "combiner": ("block_dims", "label_dims"),
 }
 
 #: Methods a factory that is a class must define (checked at registration).
@@ -257,5 +352,7 @@ CLASS_METHODS: dict[str, tuple[str, ...]] = {
     "decoder": ("forward",),
     "likelihood": ("distribution", "mean"),
     "regularizer": (),
+    "posterior": ("distribution", "point", "read_moments"),
+    "combiner": ("forward",),
 }
 

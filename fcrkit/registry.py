@@ -30,9 +30,10 @@ from fcrkit.protocols import CLASS_METHODS, FACTORY_ARGS, KINDS, instance_proble
 ENTRY_POINT_GROUP = "fcrkit"
 DISABLE_ENV = "FCRKIT_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = tuple(
-    f"fcrkit.components.{kind}s" for kind in ("encoder", "prior", "decoder", "likelihood", "regularizer")
+    f"fcrkit.components.{kind}s"
+    for kind in ("encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner")
 ) + ("fcrkit.components.structure", "fcrkit.components.independence", "fcrkit.components.sparse_shift",
-     "fcrkit.components.cpa", "fcrkit.components.counterfactual")
+     "fcrkit.components.cpa", "fcrkit.components.counterfactual", "fcrkit.components.mixture")
 
 
 def builtin_origin() -> str:
@@ -91,8 +92,8 @@ class Registry:
     """Typed facade over the registered components.
 
     Plugins add components with :meth:`encoder`, :meth:`prior`, :meth:`decoder`,
-    :meth:`likelihood` and :meth:`regularizer`; fcrkit looks them up with :meth:`get` and builds
-    them with :meth:`build`.
+    :meth:`likelihood`, :meth:`regularizer`, :meth:`posterior` and :meth:`combiner`; fcrkit looks them up with
+    :meth:`get` and builds them with :meth:`build`.
     """
 
     def __init__(self) -> None:
@@ -120,6 +121,14 @@ class Registry:
     def regularizer(self, name: str, factory: Callable[..., Any], summary: str | None = None) -> None:
         """Register a regulariser factory ``f(info, **options)``."""
         self._add("regularizer", name, factory, summary)
+
+    def posterior(self, name: str, factory: Callable[..., Any], summary: str | None = None) -> None:
+        """Register a posterior family factory ``f(dim, **options)``."""
+        self._add("posterior", name, factory, summary)
+
+    def combiner(self, name: str, factory: Callable[..., Any], summary: str | None = None) -> None:
+        """Register a combiner factory ``f(block_dims, label_dims, **options)``."""
+        self._add("combiner", name, factory, summary)
 
     def _add(self, kind: str, name: str, factory: Callable[..., Any], summary: str | None) -> None:
         plugin, origin = self._plugin or ("(direct call)", "")

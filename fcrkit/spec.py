@@ -11,6 +11,7 @@ from Python, from a dict, or from TOML::
     name = "z"
     dim = 10
     encoder = { name = "mlp", n_hidden = 128 }
+    posterior = { name = "flow", n_flows = 2 }     # optional; default "normal"
 
     [[regularizers]]
     name = "kl"
@@ -27,7 +28,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ CONDITIONS: tuple[str, ...] = ("x", "t")
 RESERVED_BLOCK_NAMES = frozenset({"y", "cells"})
 ENCODER_INPUTS = ("auto", "log1p", "lognorm", "identity")
 CONTROL_PAIRINGS = ("none", "covariates", "any")
+#: The posterior family of a block that names none (a diagonal Normal).
+DEFAULT_POSTERIOR = "normal"
+#: How the blocks reach the decoder when a spec names no combiner (concatenated in spec order).
+DEFAULT_COMBINER = "concat"
 
 
 def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
@@ -137,12 +142,18 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """A latent block: its name (also its Pyro site), dimension, prior and encoder."""
+    """A latent block: its name (also its Pyro site), dimension, prior, encoder and posterior family.
+
+    ``posterior`` is a registered posterior family (``"normal"``, ``"flow"``, ``"delta"`` ...; see
+    :mod:`fcrkit.components.posteriors`) that turns the encoder's output into ``q(z | y)``; it sees
+    no labels (give those to the encoder).
+    """
 
     name: str
     dim: int
     prior: ComponentSpec = field(default_factory=lambda: ComponentSpec("standard_normal"))
     encoder: ComponentSpec = field(default_factory=lambda: ComponentSpec("mlp"))
+    posterior: ComponentSpec = field(default_factory=lambda: ComponentSpec(DEFAULT_POSTERIOR))
 
     def __post_init__(self) -> None:
         where = f"block {self.name!r}"
@@ -153,18 +164,26 @@ class BlockSpec:
             raise ConfigError(f"{where}: dim must be a positive integer, got {self.dim!r}.")
         object.__setattr__(self, "prior", ComponentSpec.parse(self.prior, f"{where} prior"))
         object.__setattr__(self, "encoder", ComponentSpec.parse(self.encoder, f"{where} encoder"))
+        posterior = ComponentSpec.parse(self.posterior, f"{where} posterior")
+        if posterior.conditions:
+            raise ConfigError(f"{where} posterior {posterior.name!r}: a posterior family sees the encoder's output, "
+                              "not labels; give the conditions to the block's encoder instead.")
+        object.__setattr__(self, "posterior", posterior)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BlockSpec:
-        """A block from its dict form (``name``, ``dim``, ``prior``, ``encoder``), validated."""
+        """A block from its dict form (``name``, ``dim``, ``prior``, ``encoder``, ``posterior``), validated."""
         where = f"block {data.get('name', '?')!r}" if isinstance(data, Mapping) else "block"
-        _check_keys(data, ("name", "dim", "prior", "encoder"), where)
-        fields = {k: data[k] for k in ("prior", "encoder") if k in data}
+        _check_keys(data, ("name", "dim", "prior", "encoder", "posterior"), where)
+        fields = {k: data[k] for k in ("prior", "encoder", "posterior") if k in data}
         return cls(_require(data, "name", where), _require(data, "dim", where), **fields)
 
     def to_dict(self) -> dict[str, Any]:
-        """The block as a plain dict (the inverse of :meth:`from_dict`)."""
-        return {"name": self.name, "dim": self.dim, "prior": self.prior.to_dict(), "encoder": self.encoder.to_dict()}
+        """The block as a plain dict (the inverse of :meth:`from_dict`); the default posterior is left out."""
+        out = {"name": self.name, "dim": self.dim, "prior": self.prior.to_dict(), "encoder": self.encoder.to_dict()}
+        if self.posterior != ComponentSpec(DEFAULT_POSTERIOR):
+            out["posterior"] = self.posterior.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -228,7 +247,7 @@ class ModelSpec:
     Attributes:
         name: the model's name; latents go to ``obsm["X_<name>"]`` (one block) or
             ``obsm["X_<name>_<block>"]``.
-        blocks: the latent blocks, concatenated in this order as the decoder's input.
+        blocks: the latent blocks, in the order the combiner reads them (concatenated by default).
         decoder, likelihood: components.
         regularizers: extra terms and effects, each with its weight.
         encoder_input: what encoders see: ``"log1p"`` of counts, ``"lognorm"`` (``log1p`` of counts
@@ -236,6 +255,8 @@ class ModelSpec:
             ``encoder_input`` attribute if it has one, else ``log1p`` for count likelihoods, values otherwise).
         joint_encoder: one encoder for all blocks, whose output is split into them (then the
             blocks' own ``encoder`` entries are not used); None for one encoder per block.
+        combiner: how the blocks reach the decoder (``"concat"``, the default; ``"masked"``;
+            ``"sparse_additive"``; see :mod:`fcrkit.components.combiners`).
         control_pairing: ``"none"``; ``"covariates"`` pairs each training cell with a random control
             of the same covariate combination (drawn afresh at every step), whose ELBO is added
             (FCR's control branch); ``"any"`` pairs with any control.
@@ -249,6 +270,7 @@ class ModelSpec:
     encoder_input: str = "auto"
     control_pairing: str = "none"
     joint_encoder: ComponentSpec | None = None
+    combiner: ComponentSpec = field(default_factory=lambda: ComponentSpec(DEFAULT_COMBINER))
 
     def __post_init__(self) -> None:
         _name(self.name, "model")
@@ -275,6 +297,7 @@ class ModelSpec:
         object.__setattr__(self, "regularizers", regs)
         object.__setattr__(self, "decoder", ComponentSpec.parse(self.decoder, "decoder"))
         object.__setattr__(self, "likelihood", ComponentSpec.parse(self.likelihood, "likelihood"))
+        object.__setattr__(self, "combiner", ComponentSpec.parse(self.combiner, "combiner"))
         if self.joint_encoder is not None:
             object.__setattr__(self, "joint_encoder", ComponentSpec.parse(self.joint_encoder, "joint_encoder"))
 
@@ -290,30 +313,38 @@ class ModelSpec:
     def components(self) -> list[tuple[str, ComponentSpec, str]]:
         """Every (kind, component, where) the spec uses, for validation against a registry."""
         out = [("likelihood", self.likelihood, "likelihood"), ("decoder", self.decoder, "decoder")]
+        if self.combiner != ComponentSpec(DEFAULT_COMBINER):  # the built-in default is always there
+            out.append(("combiner", self.combiner, "combiner"))
         for b in self.blocks:
             out.append(("prior", b.prior, f"block {b.name!r} prior"))
             if self.joint_encoder is None:
                 out.append(("encoder", b.encoder, f"block {b.name!r} encoder"))
+            out.append(("posterior", b.posterior, f"block {b.name!r} posterior"))
         if self.joint_encoder is not None:
             out.append(("encoder", self.joint_encoder, "joint encoder"))
         out += [("regularizer", ComponentSpec(r.name, (), r.options), f"regularizer {r.key!r}")
                 for r in self.regularizers]
         return out
 
+    def with_posterior(self, posterior: str | Mapping[str, Any] | ComponentSpec) -> ModelSpec:
+        """The same spec with every block's posterior family set to ``posterior`` (a name or a table)."""
+        family = ComponentSpec.parse(posterior, "posterior")
+        return replace(self, blocks=tuple(replace(b, posterior=family) for b in self.blocks))
+
     # -- (de)serialisation ------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         """Build from a plain dict (the shape of the TOML file)."""
         _check_keys(data, ("name", "blocks", "decoder", "likelihood", "regularizers", "encoder_input",
-                           "control_pairing", "joint_encoder"), "model spec")
+                           "control_pairing", "joint_encoder", "combiner"), "model spec")
         blocks = _require(data, "blocks", "model spec")
         if not isinstance(blocks, Sequence) or isinstance(blocks, (str, bytes)):
             raise ConfigError(f"model spec: 'blocks' must be a list of tables, got {blocks!r}.")
         regs = data.get("regularizers", ())
         if isinstance(regs, (str, Mapping)) or not isinstance(regs, Sequence):
             raise ConfigError(f"model spec: 'regularizers' must be a list, got {regs!r}.")
-        fields = {k: data[k] for k in ("decoder", "likelihood", "encoder_input", "control_pairing", "joint_encoder")
-                  if k in data}
+        fields = {k: data[k] for k in ("decoder", "likelihood", "encoder_input", "control_pairing", "joint_encoder",
+                                       "combiner") if k in data}
         return cls(_require(data, "name", "model spec"), tuple(blocks), regularizers=tuple(regs), **fields)
 
     @classmethod
@@ -344,6 +375,7 @@ class ModelSpec:
             "encoder_input": self.encoder_input,
             "control_pairing": self.control_pairing,
             **({"joint_encoder": self.joint_encoder.to_dict()} if self.joint_encoder is not None else {}),
+            **({"combiner": self.combiner.to_dict()} if self.combiner != ComponentSpec(DEFAULT_COMBINER) else {}),
         }
 
 

@@ -170,6 +170,9 @@ def test_conformance_check_names_the_problem(kind, factory, problem):
 def test_every_builtin_component_passes_the_conformance_check(record):
     settings = {  # components that need a particular model around them
         "standard_normal": {"label_dims": {}},
+        "gaussian_mixture": {"label_dims": {}},
+        "masked": {"options": {"block": "x"}},
+        "sparse_additive": {"options": {"basal": "x"}},
         "sparse_shift": {"label_dims": {"t": 3}},
         "adversarial_classifier": {"block_dims": {"basal": 3}},
         "mask_sparsity": {"prior": {"name": "sparse_shift", "conditions": ["t"]}},

@@ -104,13 +104,14 @@ def test_builtins_are_listed_with_plugin_origin_and_summary():
         assert isinstance(record.summary, str) and record.summary.strip()
         assert "\n" not in record.summary  # the first line of the docstring
         assert callable(record.factory)
-    # ordered by kind (encoder, prior, decoder, likelihood, regularizer) then name
-    order = ["encoder", "prior", "decoder", "likelihood", "regularizer"]
+    # ordered by kind (encoder, prior, decoder, likelihood, regularizer, posterior, combiner) then name
+    order = ["encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner"]
     keys = [(order.index(r.kind), r.name) for r in records]
     assert keys == sorted(keys)
     likelihoods = ["gaussian", "lognorm_gaussian", "nb", "poisson", "zinb"]
     assert [r.name for r in fcrkit.list_components("likelihood")] == likelihoods
-    assert get_registry().names("prior") == ["conditional_gaussian", "sparse_shift", "standard_normal"]
+    assert get_registry().names("prior") == ["conditional_gaussian", "gaussian_mixture", "sparse_shift",
+                                            "standard_normal"]
 
 
 def test_unknown_component_lists_available_and_suggests():

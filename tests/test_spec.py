@@ -89,8 +89,8 @@ def test_parsed_fields(tmp_path):
     assert spec.block_dims == {"zx": 3, "zt": 2}
     kinds = [(kind, comp.name) for kind, comp, _ in spec.components()]
     assert kinds == [("likelihood", "zinb"), ("decoder", "mlp"), ("prior", "conditional_gaussian"),
-                     ("encoder", "mlp"), ("prior", "conditional_gaussian"), ("encoder", "mlp"),
-                     ("regularizer", "kl")]
+                     ("encoder", "mlp"), ("posterior", "normal"), ("prior", "conditional_gaussian"),
+                     ("encoder", "mlp"), ("posterior", "normal"), ("regularizer", "kl")]
 
 
 def test_defaults_of_a_minimal_spec():
@@ -127,8 +127,8 @@ def test_unknown_top_level_key_in_dict():
     message = str(err.value)
     assert "unknown key 'likelyhood'" in message
     assert "Did you mean 'likelihood'?" in message
-    assert ("'blocks', 'control_pairing', 'decoder', 'encoder_input', 'joint_encoder', 'likelihood', 'name', "
-            "'regularizers'") in message
+    assert ("'blocks', 'combiner', 'control_pairing', 'decoder', 'encoder_input', 'joint_encoder', 'likelihood', "
+            "'name', 'regularizers'") in message
 
 
 def test_unknown_top_level_key_in_toml_names_file_and_line(tmp_path):
@@ -144,7 +144,7 @@ def test_unknown_top_level_key_in_toml_names_file_and_line(tmp_path):
 
 def test_unknown_block_key(tmp_path):
     with pytest.raises(ConfigError, match=r"block 'z': unknown key 'prior_x'\. Did you mean 'prior'\? "
-                                          r"Allowed keys: 'dim', 'encoder', 'name', 'prior'\."):
+                                          r"Allowed keys: 'dim', 'encoder', 'name', 'posterior', 'prior'\."):
         ModelSpec.from_dict(minimal(prior_x="standard_normal"))
     path = write(tmp_path, 'name = "m"\n\n[[blocks]]\nname = "z"\ndim = 3\nprior_x = "standard_normal"\n')
     with pytest.raises(ConfigError) as err:

@@ -41,16 +41,21 @@ def _log_weights(module: Any, batch: Batch, k: int, n_obs: int) -> torch.Tensor:
     rep = Batch(y=batch.y.repeat(k, 1), library=batch.library.repeat(k, 1),
                 labels={key: v.repeat(k, 1) for key, v in batch.labels.items()}, index=batch.index.repeat(k))
     guide = poutine.trace(module.guide).get_trace(rep, n_obs)
-    model = poutine.trace(poutine.replay(module.model, trace=guide)).get_trace(rep, n_obs)
-    total = torch.zeros(k * n, device=batch.y.device)
-    for trace, sign in ((model, 1.0), (guide, -1.0)):
-        for site in trace.nodes.values():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            if trace is guide and site["is_observed"]:
-                continue
-            total = total + sign * site["fn"].log_prob(site["value"]).reshape(k * n)
-    return total.reshape(k, n)
+    # discrete sites a prior marks for enumeration (a mixture's component) take every value at once,
+    # in dimensions left of the cells plate, and are summed out below
+    enumerated = poutine.enum(module.model, first_available_dim=-2)
+    model = poutine.trace(poutine.replay(enumerated, trace=guide)).get_trace(rep, n_obs)
+    log_p = torch.zeros(k * n, device=batch.y.device)
+    for site in model.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            log_p = log_p + site["fn"].log_prob(site["value"])
+    while log_p.dim() > 1:
+        log_p = torch.logsumexp(log_p, dim=0)
+    log_q = torch.zeros(k * n, device=batch.y.device)
+    for site in guide.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]:
+            log_q = log_q + site["fn"].log_prob(site["value"]).reshape(k * n)
+    return (log_p.reshape(k * n) - log_q).reshape(k, n)
 
 
 @torch.no_grad()

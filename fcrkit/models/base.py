@@ -44,7 +44,7 @@ from fcrkit.errors import (
 from fcrkit.model import GenerativeModel
 from fcrkit.models import persistence
 from fcrkit.models.persistence import META_FILE, WEIGHTS_FILE
-from fcrkit.spec import ComponentSpec, ModelSpec, line_of
+from fcrkit.spec import DEFAULT_POSTERIOR, ComponentSpec, ModelSpec, line_of
 from fcrkit.train import distributed
 from fcrkit.train.trainer import History, Trainer, TrainingPlan, resolve_device
 
@@ -131,7 +131,9 @@ class Model:
                 into memory at a time; minibatches are block-shuffled within such chunks (see
                 :mod:`fcrkit.data.backed`). None: chunks of about 64 MB. Ignored for in-memory data.
 
-        Further settings (``weight_decay``, ``elbo``, ``validation_fraction``, ``early_stopping``,
+        Further settings (``weight_decay``, ``elbo`` and ``num_particles`` (the objective:
+        ``"trace_meanfield"``, ``"trace"``, ``"iwae"`` or ``"trace_enum"``; see
+        :mod:`fcrkit.train.objectives`), ``validation_fraction``, ``early_stopping``,
         ``patience``, ``min_delta``, ``progress_bar``, ``drop_last``, ``compile``) are those of
         :class:`~fcrkit.train.TrainingPlan`.
 
@@ -172,7 +174,8 @@ class Model:
     ) -> np.ndarray | dict[str, np.ndarray]:
         """Latent blocks of the cells of ``adata`` (default: the training data).
 
-        Each block is a ``(n_cells, dim)`` array of posterior means, or of one posterior sample with
+        Each block is a ``(n_cells, dim)`` array of posterior means (for a ``flow`` posterior, the flow's image of its
+        base mean; see :meth:`fcrkit.protocols.Posterior.point`), or of one posterior sample with
         ``give_mean=False``. What comes back follows one rule for every model:
 
         * ``block="tx"``: that block's array (the block names are the spec's, e.g. ``"x"``, ``"t"``,
@@ -197,8 +200,7 @@ class Model:
         out: dict[str, list[np.ndarray]] = {name: [] for name in names}
         index = torch.arange(data.n_obs, device=data.device)
         for batch in data.iter_batches(index, batch_size, shuffle=False):
-            for name, (loc, scale) in self.module.encode(batch).items():
-                z = loc if give_mean else loc + scale * torch.randn_like(loc)
+            for name, z in self.module.latent(batch, mean=give_mean).items():
                 out[name].append(z.cpu().numpy())
         blocks = {name: np.concatenate(parts) for name, parts in out.items()}
         if block is not None:
@@ -264,21 +266,20 @@ class Model:
         rows = _positions(indices, data.n_obs)
         genes = self._gene_positions(gene_list)
         device = next(self.module.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
         self.module.eval()
         out = []
-        for batch in data.iter_batches(torch.as_tensor(rows, device=data.device), batch_size, shuffle=False):
-            posterior = self.module.encode(batch)
-            library = batch.library if library_size == "latent" else torch.ones_like(batch.library)
-            total = torch.zeros(())
-            for _ in range(n_samples or 1):
-                z = {name: loc if n_samples is None else torch.normal(loc, scale, generator=generator)
-                     for name, (loc, scale) in posterior.items()}
-                mean = self.module.decode_mean(z, batch.labels, library)
-                if library_size != "latent":
-                    mean = mean / mean.sum(-1, keepdim=True) * float(library_size)
-                total = total + mean
-            out.append((total / (n_samples or 1))[:, genes].cpu().numpy())
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0 if seed is None else seed)  # the posterior draws (n_samples), whatever the family
+            for batch in data.iter_batches(torch.as_tensor(rows, device=data.device), batch_size, shuffle=False):
+                library = batch.library if library_size == "latent" else torch.ones_like(batch.library)
+                total = torch.zeros(())
+                for _ in range(n_samples or 1):
+                    mean = self.module.decode_mean(self.module.latent(batch, mean=n_samples is None), batch.labels,
+                                                   library)
+                    if library_size != "latent":
+                        mean = mean / mean.sum(-1, keepdim=True) * float(library_size)
+                    total = total + mean
+                out.append((total / (n_samples or 1))[:, genes].cpu().numpy())
         values = np.concatenate(out).astype(np.float32)
         if return_numpy:
             return values
@@ -345,7 +346,7 @@ class Model:
         if self.setup.treatment_key is None:
             raise ConfigError("this model was set up without a treatment_key; it cannot predict a treatment.")
         swapped = [b.name for b in self.spec.blocks if "t" in b.prior.conditions]
-        if not swapped and "t" not in self.spec.decoder.conditions:
+        if not swapped and "t" not in self.spec.decoder.conditions and "t" not in self.spec.combiner.conditions:
             raise ConfigError(f"neither a block prior nor the decoder of model {self.spec.name!r} depends on the "
                               "treatment, so it cannot predict one (FCR, iVAE-style, sVAE or CPA specs can).")
         self._check_target(treatment, dose)
@@ -353,7 +354,7 @@ class Model:
         generator = torch.Generator(device=device).manual_seed(seed if seed is not None else 0)
 
         def decode(batch: Batch, labels: dict[str, torch.Tensor]) -> torch.Tensor:
-            z = {name: loc for name, (loc, _) in self.module.encode(batch).items()}
+            z = self.module.latent(batch)
             for name in swapped:
                 prior = self.module.prior_distribution(name, labels, len(batch.index))
                 if counterfactual == "shift":
@@ -525,18 +526,26 @@ class Recipe(Model):
 
     A subclass sets ``build_spec = staticmethod(my_spec_function)`` and documents the arguments; its
     signature (shown by ``help`` and IDEs) becomes ``(adata, <build_spec's arguments>,
-    *, likelihood_options=None, seed=None)``.
+    *, likelihood_options=None, posterior="normal", seed=None)``.
 
     Every recipe takes ``likelihood_options``: keyword options of its likelihood component, e.g.
     ``FCR(adata, likelihood="gaussian", likelihood_options={"scale": "gene-cell"})`` for a per-cell
     scale. They are added to ``build_spec`` itself, so a run config's ``[model]`` table and the
     benchmark's recipe tables accept them too.
+
+    Every recipe takes ``posterior``: the posterior family of all its blocks (``"normal"``, the
+    default, ``"flow"``, ``"delta"`` or any registered family; a name or a table with options such
+    as ``{"name": "flow", "n_flows": 4}``). See the Inference page of the docs.
     """
 
     build_spec: ClassVar[Callable[..., ModelSpec]]
 
-    def __init__(self, adata: AnnData, *args: Any, seed: int | None = None, **kwargs: Any):
-        super().__init__(adata, self.build_spec(*args, **kwargs), seed=seed)
+    def __init__(self, adata: AnnData, *args: Any, posterior: str | Mapping[str, Any] = DEFAULT_POSTERIOR,
+                 seed: int | None = None, **kwargs: Any):
+        spec = self.build_spec(*args, **kwargs)
+        if posterior != DEFAULT_POSTERIOR:
+            spec = spec.with_posterior(posterior)
+        super().__init__(adata, spec, seed=seed)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -544,9 +553,11 @@ class Recipe(Model):
             cls.build_spec = staticmethod(_with_likelihood_options(cls.__dict__["build_spec"].__func__))
         kinds = inspect.Parameter
         adata = kinds("adata", kinds.POSITIONAL_OR_KEYWORD, annotation=AnnData)
+        posterior = kinds("posterior", kinds.KEYWORD_ONLY, default=DEFAULT_POSTERIOR,
+                          annotation=str | Mapping[str, Any])
         seed = kinds("seed", kinds.KEYWORD_ONLY, default=None, annotation=int | None)
         arguments = inspect.signature(cls.build_spec).parameters.values()
-        cls.__signature__ = inspect.Signature([adata, *arguments, seed])
+        cls.__signature__ = inspect.Signature([adata, *arguments, posterior, seed])
 
 
 def _positions(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np.ndarray:

@@ -93,7 +93,8 @@ def check_component(
     carries a small model (``ctx.module``) whose blocks have conditional Gaussian priors, or ``prior``.
 
     Args:
-        kind: ``"encoder"``, ``"prior"``, ``"decoder"``, ``"likelihood"`` or ``"regularizer"``.
+        kind: ``"encoder"``, ``"prior"``, ``"decoder"``, ``"likelihood"``, ``"regularizer"``,
+            ``"posterior"`` or ``"combiner"``.
         component: a registered name, or the factory a plugin registers.
         options: the spec options to build it with.
         block_dims: the blocks of the model a regulariser joins; by default ``x, t, tx``.
@@ -122,6 +123,8 @@ def check_component(
         "decoder": (4, N_GENES, ("mean", "gate"), label_dims),
         "likelihood": (N_GENES,),
         "regularizer": (ModelInfo(block_dims, label_dims, N_GENES),),
+        "posterior": (4,),
+        "combiner": (block_dims, label_dims),
     }[kind]
     try:
         obj = registry.build(kind, name, *args, **dict(options or {}))
@@ -238,6 +241,39 @@ def _check_likelihood(lik: Any, labels: dict, args: tuple, generator: torch.Gene
     return problems
 
 
+def _check_posterior(family: Any, labels: dict, args: tuple, generator: torch.Generator) -> list[str]:
+    dim = args[0]
+    loc = torch.randn(N_CELLS, dim, generator=generator).requires_grad_()
+    scale = (torch.rand(N_CELLS, dim, generator=generator) + 0.5).requires_grad_()
+    q = family.distribution(loc, scale)
+    if tuple(q.batch_shape) != (N_CELLS,) or tuple(q.event_shape) != (dim,):
+        return [f"distribution(loc, scale) has batch shape {tuple(q.batch_shape)} and event shape "
+                f"{tuple(q.event_shape)}, expected ({N_CELLS},) and ({dim},) (use .to_event(1))"]
+    if not q.has_rsample:
+        return ["distribution(loc, scale) cannot rsample (gradients must flow through its draws)"]
+    z = q.rsample()
+    problems = _shape_problems("a sample", z, (N_CELLS, dim))
+    problems += _shape_problems("log_prob", q.log_prob(z), (N_CELLS,))
+    problems += _shape_problems("point(loc, scale)", family.point(loc, scale), (N_CELLS, dim))
+    exposed = family.read_moments(q)
+    if set(exposed) != set(family.moments):
+        problems.append(f"read_moments returned {sorted(exposed)}, but moments says {list(family.moments)}")
+    problems += [p for m, t in exposed.items() for p in _shape_problems(f"moment {m!r}", t, (N_CELLS, dim))]
+    if not problems:
+        problems += _gradient_problems("a sample", z.sum(), {"loc": loc, "scale": scale}, family)
+    return problems
+
+
+def _check_combiner(comb: Any, labels: dict, args: tuple, generator: torch.Generator) -> list[str]:
+    block_dims = args[0]
+    z = {b: torch.randn(N_CELLS, d, generator=generator).requires_grad_() for b, d in block_dims.items()}
+    out = comb(z, labels)
+    problems = _shape_problems("comb(z, labels)", out, (N_CELLS, comb.n_output))
+    if not problems:
+        problems += _gradient_problems("comb(z, labels)", out.sum(), z, comb)
+    return problems
+
+
 def _check_regularizer(reg: Any, labels: dict, args: tuple, generator: torch.Generator) -> list[str]:
     info = args[0]
     problems = []
@@ -288,6 +324,8 @@ _CHECKS: dict[str, Callable[[Any, dict, tuple, torch.Generator], list[str]]] = {
     "decoder": _check_decoder,
     "likelihood": _check_likelihood,
     "regularizer": _check_regularizer,
+    "posterior": _check_posterior,
+    "combiner": _check_combiner,
 }
 
 

@@ -21,29 +21,27 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from fcrkit.data.loaders import Batch, CellData
 from fcrkit.data.pairing import ControlPairing, PairSampler
-from fcrkit.errors import ConfigError, NonFiniteLossError, listing
+from fcrkit.errors import ConfigError, NonFiniteLossError
 from fcrkit.model import GenerativeModel
 from fcrkit.train import checkpoint
+from fcrkit.train.objectives import OBJECTIVES, evaluation_loss, objective_problems, resolve_objective
 
 logger = logging.getLogger(__name__)
 
-ELBOS: dict[str, Callable[[], ELBO]] = {
-    "trace_meanfield": TraceMeanField_ELBO,
-    "trace": Trace_ELBO,
-}
+ELBOS = OBJECTIVES  # the objectives by name (see fcrkit.train.objectives)
 # Pyro's JIT ELBOs are not offered: they trace tensor-only arguments and parameters held in Pyro's
 # param store, while fcrkit passes a Batch and keeps parameters in torch modules.
 
@@ -59,13 +57,21 @@ def resolve_device(accelerator: str) -> torch.device:
     raise ConfigError(f"accelerator={accelerator!r} is not one of 'auto', 'cpu', 'cuda'.")
 
 
-def resolve_elbo(elbo: str | ELBO) -> ELBO:
-    """A Pyro ELBO from its name (see :data:`ELBOS`) or as given."""
-    if isinstance(elbo, ELBO):
-        return elbo
-    if elbo not in ELBOS:
-        raise ConfigError(f"elbo={elbo!r} is not one of {listing(ELBOS)} (or pass a pyro.infer.ELBO).")
-    return ELBOS[elbo]()
+def resolve_elbo(elbo: str | ELBO, num_particles: int = 1) -> ELBO:
+    """A Pyro ELBO from its name (see :mod:`fcrkit.train.objectives`) and ``num_particles``, or as given."""
+    return resolve_objective(elbo, num_particles)
+
+
+def check_objective(module: GenerativeModel, elbo: str | ELBO) -> None:
+    """Refuse, naming the parts and the fix, a model that objective ``elbo`` cannot train."""
+    enumerated = {b.name: b.prior.name for b in module.spec.blocks if b.name in module.enumerated_blocks}
+    handlers = {r.key: (r.weight, r.warmup_epochs) for r in module.spec.regularizers
+                if callable(getattr(module.regularizers[r.key], "handler", None))}
+    problems = objective_problems(elbo, enumerated, handlers)
+    if problems:
+        name = elbo if isinstance(elbo, str) else type(elbo).__name__
+        raise ConfigError(f"model {module.spec.name!r} cannot be trained with elbo={name!r}: "
+                          + "; ".join(problems) + ".")
 
 
 @dataclass
@@ -77,6 +83,7 @@ class TrainingPlan:
     lr: float = 1e-3
     weight_decay: float = 0.0
     elbo: str | ELBO = "trace_meanfield"
+    num_particles: int = 1  # draws per cell: averaged by the ELBOs, the k of "iwae"
     validation_fraction: float = 0.1
     early_stopping: bool = False
     patience: int = 10
@@ -167,7 +174,8 @@ class Trainer:
             compile_networks(module)
         self.sampler: PairSampler | None = None
         self._validated = False  # Pyro's checks have run on a step (see _losses)
-        self.elbo = resolve_elbo(plan.elbo)
+        self.elbo = resolve_elbo(plan.elbo, plan.num_particles)
+        check_objective(module, plan.elbo)
         self.regularizers = module.regularizers
         self.weights = {r.key: r for r in module.spec.regularizers}
         adversary_params = {id(p) for r in self.regularizers.values()
@@ -294,8 +302,8 @@ class Trainer:
         with pyro.validation_enabled(False):
             for batch in self.data.iter_batches(index, self.plan.batch_size, shuffle=False):
                 # plate size = the batch's own size (scale 1): each batch adds its cells' sum, whatever the batching
-                total = total + self.elbo.differentiable_loss(self.module.model, self.module.guide, batch,
-                                                              len(batch.index))
+                total = total + evaluation_loss(self.elbo, self.module.model, self.module.guide, batch,
+                                                len(batch.index))
         return total / len(index)
 
     # -- the loop -----------------------------------------------------------------------------------------
