@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from fcrkit import progress as fcrkit_progress
 from fcrkit.errors import ConfigError, DataError, FcrkitError, did_you_mean, listing
 from fcrkit.runconfig import HoldOut, _Parser, recipes
 
@@ -141,8 +142,10 @@ def run_benchmark(
     for name, given in chosen.items():
         cls = available[name]
         model = cls(train_data, **_recipe_args(cls, given, train_data), seed=seed)
+        fcrkit_progress.phase(f"training {name} ({len(rows) + 1} of {len(chosen)})", settings.get("progress_bar"))
         start = time.perf_counter()
         history = model.train(**settings)
+        fcrkit_progress.phase(f"scoring {name}", settings.get("progress_bar"))
         row = {"recipe": name, **_scores(model, train_data, conditions, setup, seed),
                "train_s": time.perf_counter() - start, "cells_per_s": history.cells_per_second,
                "epochs": len(history)}

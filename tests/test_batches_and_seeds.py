@@ -9,6 +9,7 @@ weights of a model built without ``seed=`` came from the global random state, so
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -126,3 +127,23 @@ def test_a_constructor_seed_or_a_trained_model_keeps_its_weights() -> None:
     model.train(1, seed=0, accelerator="cpu", progress_bar=False)  # continues from the trained weights
     # redrawn from seed 0, one epoch would have led back to exactly the weights of the first run
     assert any(not torch.equal(trained[k], v) for k, v in model.module.state_dict().items())
+
+
+@pytest.mark.parametrize("n_train, min_cells", [(2 * 2 * 16 + 3, 2), (2 * 2 * 16 + 1, 1), (2 * 2 * 16 + 4, 2)])
+def test_ddp_shards_never_give_a_rank_a_single_cell(n_train: int, min_cells: int) -> None:
+    """Two processes at batch 16 (global batch 32): a remainder of 3 cells would leave one rank a single cell."""
+    from fcrkit.train.distributed import DistributedTrainer
+
+    train_idx = torch.arange(n_train)
+    parts = {}
+    for rank in (0, 1):
+        trainer = SimpleNamespace(plan=SimpleNamespace(batch_size=16, drop_last=False), world=2, rank=rank,
+                                  min_cells=min_cells)  # a model with (2) or without (1) batch normalisation
+        parts[rank] = DistributedTrainer._shards(trainer, train_idx, torch.Generator().manual_seed(0))
+    sizes = [[len(cells) for cells, _ in parts[rank]] for rank in (0, 1)]
+    assert len(sizes[0]) == len(sizes[1])  # every rank takes the same number of steps
+    assert min(min(s) for s in sizes) >= min_cells
+    if n_train % 32 == 3:
+        assert sizes == [[16, 18], [16, 17]]  # the 3 cells joined the last full batch
+    seen = torch.cat([cells for rank in (0, 1) for cells, _ in parts[rank]])
+    assert sorted(seen.tolist()) == list(range(n_train))  # every cell once, on one rank

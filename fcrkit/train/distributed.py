@@ -82,7 +82,6 @@ import math
 import os
 import pickle
 import socket
-import sys
 import tempfile
 import time
 import traceback
@@ -98,6 +97,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from fcrkit import progress
 from fcrkit.data.backed import cell_data
 from fcrkit.data.loaders import MIN_BATCH_CELLS, Batch, CellData, batch_sizes
 from fcrkit.data.pairing import ControlPairing
@@ -328,7 +328,7 @@ class DistributedTrainer(Trainer):
         history = History()
         stop: dict = {"best": math.inf, "waited": 0, "best_state": None}
         last_good = self._state(_snapshot(module, self.optimizer), shared, history, stop)
-        show = (sys.stderr.isatty() if plan.progress_bar is None else plan.progress_bar) and rank == 0
+        show = progress.enabled(plan.progress_bar) and rank == 0
         bar = tqdm(range(plan.max_epochs), total=plan.max_epochs, disable=not show, desc=f"training ({world} ddp)",
                    unit="epoch", leave=False)
         start = time.perf_counter()

@@ -18,7 +18,6 @@ import copy
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from fcrkit import progress
 from fcrkit.data.loaders import MIN_BATCH_CELLS, Batch, CellData, batch_sizes
 from fcrkit.data.pairing import ControlPairing, PairSampler
 from fcrkit.errors import ConfigError, NonFiniteLossError, PluginError, UnknownComponentError, listing
@@ -83,7 +83,7 @@ class TrainingPlan:
     patience: int = 10
     min_delta: float = 0.0
     seed: int | None = None
-    progress_bar: bool | None = None  # None: shown on a terminal only
+    progress_bar: bool | None = None  # None: in notebooks and terminals, not in CI (see fcrkit.progress)
     drop_last: bool = False
     checkpoint_dir: str | os.PathLike | None = None
     checkpoint_every: int = 1
@@ -398,7 +398,7 @@ class Trainer:
             history, stop = _history(last_good), dict(last_good["stopping"])
         first = len(history)
         last = first if history.stopped_early else plan.max_epochs
-        show = sys.stderr.isatty() if plan.progress_bar is None else plan.progress_bar
+        show = progress.enabled(plan.progress_bar)  # notebooks and terminals; not in CI (see fcrkit.progress)
         bar = tqdm(range(first, last), initial=first, total=plan.max_epochs, disable=not show, desc="training",
                    unit="epoch", leave=False)
         start, seconds = time.perf_counter(), history.seconds
