@@ -152,7 +152,7 @@ class Model:
                             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
                             **settings)
         strategy = distributed.resolve_strategy(strategy, devices)
-        if seed is not None and not (self.is_trained or self._own_weights):
+        if seed is not None and not (self.is_trained or getattr(self, "_own_weights", True)):
             # the initial weights are part of the run: draw them from its seed, not the global random state
             self.module.load_state_dict(self._build_module(seed).state_dict())
         try:
