@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from fcrkit import progress as fcrkit_progress
 from fcrkit.errors import ConfigError, DataError, FcrkitError, did_you_mean, listing
 from fcrkit.runconfig import HoldOut, _Parser, recipes
 from fcrkit.tasks import TASKS, Split
@@ -211,6 +212,7 @@ def run_benchmark(
         splits = [Split("; ".join(str(h) for h in hold_out) or "no hold-out", tuple(hold_out))]
     seeds = [seed] if seeds is None else [int(s) for s in seeds]
     runs, per_condition, models = [], [], {}
+    shown = (train or {}).get("progress_bar")
     for split in splits:
         train_data = adata[~split.held_out_mask(adata.obs, treatment_key)].copy()
         setup_anndata(train_data, **setup)
@@ -219,9 +221,11 @@ def run_benchmark(
         for run_seed in seeds:
             for name, (cls, given) in chosen.items():
                 model = cls(train_data, **_recipe_args(cls, given, train_data), seed=run_seed)
+                fcrkit_progress.phase(f"{split.name}, seed {run_seed}: training {name}", shown)
                 start = time.perf_counter()
                 history = model.train(**{**(train or {}), "seed": run_seed})
                 seconds = time.perf_counter() - start
+                fcrkit_progress.phase(f"{split.name}, seed {run_seed}: scoring {name}", shown)
                 found = _predictions(model, conditions, reference, run_seed)
                 per_condition += [{"split": split.name, "seed": run_seed, "recipe": name, **row} for row in found]
                 row = {"recipe": name, "split": split.name, "seed": run_seed,

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from fcrkit import progress
 from fcrkit.data import simulate
 from fcrkit.data.anndata import get_matrix, setup_anndata
 from fcrkit.metrics import (
@@ -72,11 +73,13 @@ def run_demo(
             (FCR's blocks coloured by covariate, treatment and condition), ``fcr_block_r2.png``,
             ``fcr_prediction.png`` and ``comparison.csv``; None writes nothing.
         accelerator: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        progress_bar: show training progress (None: on a terminal only).
+        progress_bar: show training progress and say what phase is running (None: in notebooks and
+            terminals, not in CI; see :mod:`fcrkit.progress`).
 
     Returns:
         The tables and the files written.
     """
+    progress.phase(f"simulating {n_cells} cells x {n_genes} genes", progress_bar)
     adata = simulate.interaction(n_cells=n_cells, n_genes=n_genes, seed=seed)
     setup_anndata(adata, treatment_key="treatment", covariate_keys=["covariate"])
     true = {b: adata.obsm[f"z_{b}"] for b in BLOCKS}
@@ -88,6 +91,7 @@ def run_demo(
     }
     rows, histories, latents = [], {}, {}
     for name, model in models.items():
+        progress.phase(f"training {name} ({epochs} epochs)", progress_bar)
         start = time.perf_counter()
         histories[name] = model.train(max_epochs=epochs, batch_size=256, lr=3e-3, seed=seed,
                                       accelerator=accelerator, progress_bar=progress_bar)
@@ -95,6 +99,7 @@ def run_demo(
         latent = model.get_latent_representation(as_dict=True)
         latents[name] = latent
         rows.append({"method": name, **_mcc_columns(true, np.hstack(list(latent.values()))), "train s": seconds})
+    progress.phase("scoring: identifiability of each model's latents, FCR's blocks and predictions", progress_bar)
     pca = pca_embedding(get_matrix(adata, None), n_latent, seed=seed)
     rows.append({"method": "PCA", **_mcc_columns(true, pca), "train s": np.nan})
     table = pd.DataFrame(rows).set_index("method")
@@ -109,6 +114,7 @@ def run_demo(
         from fcrkit import plotting
 
         out = Path(output)
+        progress.phase(f"writing figures and tables to {str(out)!r}", progress_bar)
         out.mkdir(parents=True, exist_ok=True)
         covariate, treatment = PREDICTED
         result.files += [

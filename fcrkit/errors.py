@@ -39,15 +39,52 @@ class OptionalDependencyError(FcrkitError, ImportError):
 
 
 class NonFiniteLossError(FcrkitError, FloatingPointError):
-    """Training produced a NaN or infinite loss term."""
+    """Training produced a NaN or infinite loss term.
 
-    def __init__(self, term: str, epoch: int, value: float):
-        self.term, self.epoch, self.value = term, epoch, value
+    Attributes:
+        term: the loss term that went non-finite first.
+        epoch: the epoch it happened in, counting from 1.
+        value: its value.
+        history: the training history of the epochs that finished (a ``History``; the model
+            holds their weights, and ``model.history`` is set to it), or None.
+    """
+
+    def __init__(self, term: str, epoch: int, value: float, history: object = None):
+        self.term, self.epoch, self.value, self.history = term, epoch, value, history
+        finished = len(history) if history is not None else epoch - 1
         super().__init__(
             f"loss term {term!r} became {value} at epoch {epoch}; training stopped and the "
-            "parameters of the last finite epoch were restored. Try a smaller learning rate, "
-            "a KL warm-up, or check the input for extreme values."
+            f"parameters after the last finite epoch ({finished} finished) were restored. Try a smaller "
+            "learning rate, a KL warm-up, or check the input for extreme values."
         )
+
+
+class WriteError(FcrkitError, OSError):
+    """Writing a model or a checkpoint failed (a full disk, a permission ...); what was there before is intact."""
+
+
+def write_error(err: BaseException, what: str, path: object, kept: str) -> WriteError | None:
+    """A :class:`WriteError` saying why writing ``what`` to ``path`` failed and that ``kept`` is intact.
+
+    ``err`` is what the write raised: an ``OSError`` (its errno says why; ENOSPC and EDQUOT are a full
+    disk or quota) or the ``RuntimeError`` torch's file writer raises instead
+    (``[enforce fail at inline_container.cc:...] . PytorchStreamWriter failed writing file ...``), which
+    hides the OS's reason; in practice that is a full disk. None for any other error (a bug to let through).
+    """
+    import errno
+
+    text = (str(err).strip().splitlines() or [""])[0]
+    if isinstance(err, OSError):
+        if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            reason = "for lack of space: the disk (or your quota) is full"
+        else:
+            reason = f"({err.strerror or text})"
+    elif isinstance(err, RuntimeError) and ("PytorchStreamWriter" in text or "inline_container" in text):
+        reason = f"for lack of space, most likely: torch's file writer failed ({text[:160]})"
+    else:
+        return None
+    return WriteError(f"writing {what} to {str(path)!r} failed {reason}. Nothing was half-written: {kept}. "
+                      "Free some space (or choose another directory) and save again.")
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:

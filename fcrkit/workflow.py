@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from fcrkit import progress
 from fcrkit.data.anndata import AnnDataSetup, check_unique_genes, get_matrix, setup_anndata, split_treatment
 from fcrkit.data.genes import highly_variable_genes
 from fcrkit.errors import ConfigError, DataError, FcrkitError, did_you_mean, listing
@@ -74,6 +75,7 @@ def fit(config: RunConfig | str | os.PathLike, *, output_dir: str | os.PathLike 
     out = _check_output_dir(config)
     start = time.perf_counter()
 
+    progress.phase(f"reading {str(config.data_path)!r}")
     adata = read_data(config.data_path)
     held = hold_out_mask(adata.obs, config.hold_out, config.setup.get("treatment_key"), config)
     if held.all():
@@ -95,8 +97,11 @@ def fit(config: RunConfig | str | os.PathLike, *, output_dir: str | os.PathLike 
         config = replace(config, model_seed=int(seeds[0]))
     settings = {"seed": int(seeds[1]), **config.train}
     model = config.build_model(train)
+    progress.phase(f"training {type(model).__name__} on {train.n_obs} cells x {train.n_vars} genes",
+                   settings.get("progress_bar"))
     model.train(**settings)
 
+    progress.phase(f"writing the run to {str(out)!r}", settings.get("progress_bar"))
     adata, files = _write_run(out, config, model, adata, held, settings["seed"], start)
     seconds = time.perf_counter() - start
     return FitResult(out, model, adata, files, seconds, int(train.n_obs), int(held.sum()))
@@ -317,6 +322,7 @@ def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, output:
     adata = adata[known_cells(setup, adata.obs)].copy()
     if adata.n_obs < 2:
         raise DataError(f"{str(data_path)!r} has fewer than 2 cells with labels the model knows.")
+    progress.phase(f"evaluating on {adata.n_obs} cells: encoding")
     latents = model.get_latent_representation(adata, as_dict=True)
     blocks = {b.name: latents[model.spec.obsm_key(b.name)] for b in model.spec.blocks}
     rows: list[dict[str, Any]] = []
@@ -324,6 +330,7 @@ def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, output:
     keys = [*setup.covariate_keys, *([setup.treatment_key] if setup.treatment_key else [])]
     labels = {k: adata.obs[k].astype(str).to_numpy() for k in keys if adata.obs[k].nunique() > 1}
     if labels:
+        progress.phase("evaluating: clustering scores of each block")
         table = metrics.block_cluster_scores(blocks, labels, seed=seed)
         for block, row in table.iterrows():
             for column, value in row.items():
@@ -334,6 +341,7 @@ def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, output:
     if not true and "z_true" in adata.obsm:
         true = {"z_true": np.asarray(adata.obsm["z_true"])}
     if true:
+        progress.phase("evaluating: identifiability against the true latents")
         for target, value in metrics.block_mcc(true, np.hstack(list(blocks.values())), seed=seed).items():
             rows.append(_row("mcc", "all", target, value))
         r2 = metrics.block_r2(true, blocks, seed=seed)
@@ -344,6 +352,7 @@ def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, output:
     can_predict = setup.treatment_key is not None and any("t" in b.prior.conditions for b in model.spec.blocks)
     if can_predict and model.module.likelihood.input_kind == "counts":
         held = {(h["key"], str(h["value"]), str(h["treatment"])) for h in info.get("hold_out", [])}
+        progress.phase("evaluating: predictions of every treated condition from its controls")
         rows += _prediction_rows(model, adata, held, seed, min_cells)
     frame = pd.DataFrame(rows, columns=["metric", "block", "target", "value", "split"])
     if output is not None:

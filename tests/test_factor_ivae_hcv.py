@@ -233,12 +233,21 @@ def test_ivae_recovers_latents_that_betavae_does_not():
     """Latent variances that depend on a label: the iVAE prior given u identifies z, a N(0, I) prior does not.
 
     MCC (Pearson, square Hungarian match, fcrkit.metrics.mcc) of posterior means against the true
-    latents, 10 labels, 40 epochs, lr 3e-3. Measured, model seeds 0, 1 (the test): iVAE 0.856, 0.873;
-    β-VAE (β = 1) 0.643, 0.777. Seed 2: 0.784 vs 0.697. On the world with ``seed=1``, seeds 0, 1, 2:
-    iVAE 0.899, 0.889, 0.782 vs β-VAE 0.857, 0.815, 0.592. iVAE won every one of these six pairs, by
-    0.04 to 0.21. (With 20 labels of 100 cells the iVAE was less reliable: 0.66, 0.83, 0.76 vs 0.60,
-    0.71, 0.65. On ``simulate.interaction`` with aux = (x, t), whose conditions differ mostly in their
-    means, the two tied at about 0.58.)
+    latents, 10 labels, 40 epochs, lr 3e-3. (With 20 labels of 100 cells the iVAE was less reliable:
+    0.66, 0.83, 0.76 vs 0.60, 0.71, 0.65. On ``simulate.interaction`` with aux = (x, t), whose
+    conditions differ mostly in their means, the two tied at about 0.58.)
+
+    The seeds are fixed, but the result still depends on the floating-point arithmetic (the number of
+    torch threads, the CPU's kernels): a different rounding early in training leads to another run,
+    as a different seed does. So the margin is set by the spread over seeds. Measured with one torch
+    thread (as under ``pytest -n 2``), model/train seeds 0-11, iVAE vs β-VAE (β = 1):
+    0.879/0.667, 0.869/0.779, 0.736/0.699, 0.787/0.708, 0.754/0.610, 0.753/0.790, 0.908/0.675,
+    0.777/0.733, 0.837/0.724, 0.687/0.750, 0.561/0.747, 0.809/0.640: iVAE won 9 of 12 pairs, by
+    +0.07 on average (paired sd 0.12). The test's statistic, the gap between the medians of four
+    seeds, was 0.124 on seeds 0-3 (the test's), 0.062 on seeds 4-7 and 0.012 on seeds 8-11; a run
+    on another machine gave 0.079 on seeds 0-3 (0.818 vs 0.739). The former margin of 0.08 and the
+    former floor of 0.8 for the iVAE median (0.766 and 0.748 on seeds 4-7 and 8-11) lay inside that
+    spread; the smallest gap measured, 0.012, leaves room for no margin above 0.
     """
     adata = ivae_world()
     scores: dict[str, list[float]] = {"ivae": [], "betavae": []}
@@ -248,8 +257,8 @@ def test_ivae_recovers_latents_that_betavae_does_not():
             model.train(40, batch_size=128, lr=3e-3, seed=seed, progress_bar=False)
             z = model.get_latent_representation()
             scores[name].append(float(mcc(adata.obsm["z_true"], z)))
-    assert np.median(scores["ivae"]) > np.median(scores["betavae"]) + 0.08, scores
-    assert np.median(scores["ivae"]) > 0.8, scores
+    # margin 0: the four-seed median gap ranged 0.012-0.124 over disjoint seed sets (see the docstring)
+    assert np.median(scores["ivae"]) > np.median(scores["betavae"]), scores
 
 
 def test_hcv_penalty_lowers_hsic_between_latent_and_nuisance():

@@ -179,9 +179,11 @@ def test_plugin():
 
 def test_non_finite_loss_names_the_term_and_keeps_the_last_good_state(small_adata, test_plugin):
     model = Model(small_adata, vae_spec(regularizers=[{"name": "test_exploding", "weight": 1.0}]), seed=0)
-    with pytest.raises(NonFiniteLossError, match="'test_exploding'.*epoch 1") as info:
+    with pytest.raises(NonFiniteLossError, match=r"'test_exploding'.*epoch 2;.*\(1 finished\)") as info:
         model.train(max_epochs=5, batch_size=128, seed=0, accelerator="cpu")
-    assert info.value.term == "test_exploding" and info.value.epoch == 1
+    # epochs count from 1, as in the history; the epoch that finished stays in the model's history
+    assert info.value.term == "test_exploding" and info.value.epoch == 2
+    assert len(model.history) == 1 and np.isfinite(model.history["loss"][0]) and model.is_trained
     assert all(torch.isfinite(p).all() for p in model.module.parameters())
 
 

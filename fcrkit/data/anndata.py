@@ -184,7 +184,7 @@ class AnnDataSetup:
         assert self.treatment_key is not None
         arrays = [_label_strings(obs, self.treatment_key, "treatment")]
         if self.dose_key is not None:
-            arrays.append(_dose_values(obs, self.dose_key))
+            arrays.append(self._dose_values(obs, arrays[0]))
         codes, pairs, first = _factorize_rows(arrays)
         self._check_known_treatments(label for label, *_ in pairs)
         position = {name: j for j, name in enumerate(self.treatments)}
@@ -194,6 +194,28 @@ class AnnDataSetup:
             for part, amount in self._dosed_parts(label, dose[0] if dose else 1.0, cell):
                 table[row, position[part]] += amount
         return table[codes]
+
+    def _dose_values(self, obs: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
+        """The doses of the cells with treatment ``labels``; a control's may be missing: controls need no dose."""
+        key = self.dose_key
+        column = _obs_column(obs, key, "dose", allow_missing=True)
+        missing = column.isna().to_numpy()
+        if missing.any():
+            codes, uniques = pd.factorize(labels)
+            control = np.array([self._canonical(label) == self.control_value for label in uniques])[codes]
+            treated = missing & ~control
+            if treated.any():
+                first = int(np.flatnonzero(treated)[0])
+                raise DataError(
+                    f"dose column {key!r} has {int(treated.sum())} missing value(s) (NaN) among treated cells "
+                    f"(the first: cell {obs.index[first]!r}, treatment {labels[first]!r}). Treated cells need a "
+                    "dose: fill them in, or leave those treated cells out; control cells need no dose (theirs "
+                    "may stay missing)."
+                )
+            if isinstance(column.dtype, pd.CategoricalDtype):
+                column = column.astype(object)
+            column = column.where(~missing, 0)  # a control's dose is never used
+        return _dose_array(column)
 
     def _dosed_parts(self, label: str, dose: Any, cell: Any) -> Iterator[tuple[str, float]]:
         """The (treatment, dose) pairs of one label, controls left out."""
@@ -546,15 +568,15 @@ def _check_not_empty(adata: AnnData) -> None:
         )
 
 
-def _obs_column(obs: pd.DataFrame, key: str, role: str) -> pd.Series:
-    """``obs[key]``, refusing a missing column or missing values with a helpful DataError."""
+def _obs_column(obs: pd.DataFrame, key: str, role: str, *, allow_missing: bool = False) -> pd.Series:
+    """``obs[key]``, refusing a missing column or (unless ``allow_missing``) missing values with a helpful DataError."""
     if key not in obs.columns:
         raise DataError(
             f"{role} key {key!r} is not a column of adata.obs (columns: {listing(obs.columns)})."
             f"{did_you_mean(key, obs.columns)}"
         )
     column = obs[key]
-    missing = int(column.isna().sum())
+    missing = 0 if allow_missing else int(column.isna().sum())
     if missing:
         raise DataError(
             f"{role} column {key!r} has {missing} missing value(s) (NaN) among {len(column)} cells; "
@@ -568,9 +590,8 @@ def _label_strings(obs: pd.DataFrame, key: str, role: str) -> np.ndarray:
     return _obs_column(obs, key, role).astype(str).to_numpy(dtype=object)
 
 
-def _dose_values(obs: pd.DataFrame, key: str) -> np.ndarray:
+def _dose_array(column: pd.Series) -> np.ndarray:
     """Doses as floats (numeric column) or strings (one dose or ``"1+0.5"`` per cell)."""
-    column = _obs_column(obs, key, "dose")
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         return column.to_numpy(dtype=np.float64)
     return column.astype(str).to_numpy(dtype=object)

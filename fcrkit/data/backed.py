@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fcrkit.data.anndata import AnnDataSetup, get_matrix
 from fcrkit.data.disk import DiskMatrix, disk_matrix
-from fcrkit.data.loaders import Batch, CellData, _CSRRows, _DenseRows, _to_tensor
+from fcrkit.data.loaders import Batch, CellData, _CSRRows, _DenseRows, _to_tensor, batch_sizes
 from fcrkit.errors import ConfigError
 
 #: A chunk is sized to hold about this many bytes of matrix values in memory (when ``chunk_cells`` is None).
@@ -139,16 +139,16 @@ class BackedCellData(CellData):
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
         self.matrix.check_open()
         rows = np.sort(self._check_index(index).cpu().numpy())
+        sizes = batch_sizes(rows.size, batch_size, drop_last=drop_last)  # the same batches as in memory
         pending: list[tuple[_Rows, Tensor, Tensor]] = []  # (chunk, positions in it, row numbers) not yet served
         waiting = 0
         for chunk_rows in self._chunks(rows, generator):
             pending.append(self._load(chunk_rows, generator))
             waiting += len(chunk_rows)
-            while waiting >= batch_size:
-                yield self._take(pending, batch_size)
-                waiting -= batch_size
-        if waiting and not drop_last:
-            yield self._take(pending, waiting)
+            while sizes and waiting >= sizes[0]:
+                size = sizes.pop(0)
+                yield self._take(pending, size)
+                waiting -= size
 
     # -- internals ----------------------------------------------------------------------------------
 

@@ -33,6 +33,27 @@ from fcrkit.errors import ConfigError, DataError
 
 #: Keep the matrix on the GPU only if it takes at most this fraction of the free GPU memory.
 GPU_MEMORY_FRACTION = 0.5
+#: The fewest cells a minibatch holds (unless the cells are fewer): batch normalisation in training
+#: mode cannot normalise a single cell.
+MIN_BATCH_CELLS = 2
+
+
+def batch_sizes(n: int, batch_size: int, *, drop_last: bool = False, min_cells: int = MIN_BATCH_CELLS) -> list[int]:
+    """The sizes of the consecutive minibatches that cut ``n`` cells into batches of ``batch_size``.
+
+    The last batch holds the remainder, unless ``drop_last`` leaves it out. A remainder of fewer
+    than ``min_cells`` cells is merged into the batch before it (which then holds up to
+    ``batch_size + min_cells - 1`` cells), so that no batch but a lone one is smaller than
+    ``min_cells``: merged rather than dropped, every cell is still visited once per pass.
+    """
+    full, rest = divmod(int(n), int(batch_size))
+    sizes = [batch_size] * full
+    if rest and not drop_last:
+        if rest < min_cells and sizes:
+            sizes[-1] += rest
+        else:
+            sizes.append(rest)
+    return sizes
 
 
 @dataclass
@@ -131,7 +152,8 @@ class CellData:
 
         Args:
             index: row numbers to iterate over (e.g. the training split).
-            batch_size: cells per batch; the last batch may be smaller unless ``drop_last``.
+            batch_size: cells per batch; the last batch may be smaller unless ``drop_last``, and a
+                last batch of one cell is merged into the one before (see :func:`batch_sizes`).
             shuffle: visit ``index`` in a random order (``torch.randperm``).
             generator: source of that randomness; on the data's device, or on the CPU (the
                 permutation is then drawn on the CPU and moved).
@@ -142,10 +164,10 @@ class CellData:
         index = self._check_index(index)
         if shuffle:
             index = index.index_select(0, self._permutation(index.numel(), generator))
-        n = index.numel()
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            yield self.gather(index[start : start + batch_size])
+        start = 0
+        for size in batch_sizes(index.numel(), batch_size, drop_last=drop_last):
+            yield self.gather(index[start : start + size])
+            start += size
 
     def gather(self, index: Tensor) -> Batch:
         """Batch of rows ``index``, trusted: int64, valid and on ``self.device`` (no checks, no host sync)."""

@@ -37,6 +37,7 @@ from fcrkit.data.pairing import ControlPairing
 from fcrkit.errors import (
     ConfigError,
     DataError,
+    NonFiniteLossError,
     UnknownComponentError,
     did_you_mean,
     listing,
@@ -71,15 +72,22 @@ class Model:
         _check_adata(adata)
         _check_treated_cells(spec, setup)
         self.adata, self.spec, self.setup = adata, spec, setup
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            self.module = GenerativeModel(spec, setup.label_dims, adata.n_vars, label_groups=setup.label_groups)
+        self.module = self._build_module(seed)
+        # weights chosen by the caller (a constructor seed, or loaded): train(seed=) then keeps them
+        self._own_weights = seed is not None
         check_values(get_matrix(adata, setup.layer, stream=True), self.module.likelihood.input_kind,
                      likelihood=spec.likelihood.name, layer=setup.layer)
         self.var_names = [str(v) for v in adata.var_names]
         self.history = History()
         self.is_trained = False
+
+    def _build_module(self, seed: int | None) -> GenerativeModel:
+        """A freshly initialised module; with ``seed``, from that seed, leaving the global random state alone."""
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return GenerativeModel(self.spec, self.setup.label_dims, self.adata.n_vars,
+                                   label_groups=self.setup.label_groups)
 
     def __repr__(self) -> str:
         blocks = ", ".join(f"{b.name}={b.dim}" for b in self.spec.blocks)
@@ -111,8 +119,13 @@ class Model:
             batch_size: minibatch size.
             lr: Adam learning rate.
             accelerator: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-            seed: seed of the training run (split, minibatches, Monte Carlo samples); the same seed
-                gives the same result on the same device. None: a random one.
+            seed: seed of everything the run depends on: the initial weights, the train / validation
+                split, the minibatch order, Monte Carlo samples, dropout and control partners. The same
+                seed gives the same result on the same device (two models built alike and trained with
+                ``seed=0`` give identical latents), whatever the global random state. The weights are
+                drawn from ``seed`` only for a model that is untrained and was built without its own
+                ``seed=`` (a constructor seed, a loaded model's or an earlier run's weights are kept).
+                None: a random seed, and the weights the model was built with.
             checkpoint_dir: directory to keep ``checkpoint.pt`` in: the whole training state
                 (weights, optimisers, history, early stopping, random streams), replaced atomically
                 so a crash leaves a complete checkpoint. None: no checkpoints.
@@ -148,15 +161,24 @@ class Model:
         plan = TrainingPlan(max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed,
                             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
                             **settings)
-        if distributed.resolve_strategy(strategy, devices) == "ddp":
-            self.history = distributed.train_model(self, plan, accelerator, devices)
-            self.is_trained = self.is_trained or len(self.history) > 0
-            return self.history
-        device = resolve_device(accelerator)
-        self.module.to(device)
-        data = cell_data(self.adata, self.setup, device=device, chunk_cells=chunk_cells)  # streamed if backed
-        pairing = ControlPairing.for_mode(self.adata, self.setup, self.spec.control_pairing)
-        self.history = Trainer(self.module, data, plan, pairing).fit()
+        strategy = distributed.resolve_strategy(strategy, devices)
+        if seed is not None and not (self.is_trained or getattr(self, "_own_weights", True)):
+            # the initial weights are part of the run: draw them from its seed, not the global random state
+            self.module.load_state_dict(self._build_module(seed).state_dict())
+        try:
+            if strategy == "ddp":
+                self.history = distributed.train_model(self, plan, accelerator, devices)
+            else:
+                device = resolve_device(accelerator)
+                self.module.to(device)
+                data = cell_data(self.adata, self.setup, device=device, chunk_cells=chunk_cells)  # streamed if backed
+                pairing = ControlPairing.for_mode(self.adata, self.setup, self.spec.control_pairing)
+                self.history = Trainer(self.module, data, plan, pairing).fit()
+        except NonFiniteLossError as err:  # the model holds the epochs that finished: so does its history
+            if err.history is not None:
+                self.history = err.history
+                self.is_trained = self.is_trained or len(self.history) > 0
+            raise
         # an interrupt before the first epoch ended leaves the weights as they were
         self.is_trained = self.is_trained or len(self.history) > 0
         return self.history
@@ -518,6 +540,7 @@ class Model:
         model.module.to(resolve_device(accelerator))
         model.history = History(values={k: list(v) for k, v in meta.get("history", {}).items()})
         model.is_trained = bool(meta.get("is_trained", False))
+        model._own_weights = True  # the saved weights: train(seed=) does not redraw them
         return model
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 import fcrkit
-from fcrkit.errors import ConfigError, UnknownComponentError, listing
+from fcrkit.errors import ConfigError, UnknownComponentError, listing, write_error
 from fcrkit.registry import DISABLE_ENV, get_registry
 from fcrkit.spec import ModelSpec
 
@@ -37,19 +37,41 @@ def write(path: Path, meta: dict[str, Any], state: Mapping[str, torch.Tensor]) -
     never leaves half a model (an existing ``path`` is replaced).
     """
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "fcrkit_version": fcrkit.__version__, **meta}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    kept = f"the model saved in {str(path)!r} before is intact" if path.exists() else f"{str(path)!r} was not created"
+    staging = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         torch.save(dict(state), staging / WEIGHTS_FILE)
         # torch does not check the bytes it reads: a damaged tensor would load silently without this
         meta["weights_sha256"] = sha256(staging / WEIGHTS_FILE)
         (staging / META_FILE).write_text(json.dumps(meta, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        staging.rename(path)
+        _swap_in(staging, path)
+    except (OSError, RuntimeError) as err:  # a full disk, a permission ...: say so, and what is intact
+        failure = write_error(err, "the model", path, kept)
+        if failure is None:
+            raise
+        raise failure from err
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Put the complete directory ``staging`` at ``path``: the old one is renamed aside, never half-deleted."""
+    if not path.exists():
+        staging.rename(path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    old.rmdir()  # a free name beside path
+    path.rename(old)
+    try:
+        staging.rename(path)
+    except OSError:
+        old.rename(path)  # back as it was
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import fcrkit
-from fcrkit.errors import ConfigError
+from fcrkit.errors import ConfigError, write_error
 
 FORMAT = "fcrkit-checkpoint"
 FORMAT_VERSION = 1
@@ -40,23 +40,40 @@ def save(directory: str | os.PathLike, identity: dict[str, Any], state: dict[str
     moment leaves either the previous or the new checkpoint, complete.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     target = directory / FILE_NAME
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "fcrkit_version": fcrkit.__version__,
                "identity": identity, "state": state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as file:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, target)
-    except BaseException:  # KeyboardInterrupt included: never leave a temp file behind
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    except BaseException as err:  # KeyboardInterrupt included: never leave a temp file behind
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if not isinstance(err, (OSError, RuntimeError)):
+            raise
+        kept = (f"the previous checkpoint (after epoch {_epoch_of(target)}) is intact, and resume=True continues "
+                "from it" if target.is_file() else "no checkpoint was written")
+        failure = write_error(err, f"the checkpoint after epoch {state.get('epoch', '?')}", target, kept)
+        if failure is None:
+            raise
+        raise failure from err
     _fsync_directory(directory)
     return target
+
+
+def _epoch_of(path: Path) -> object:
+    """The number of finished epochs the checkpoint at ``path`` holds ("unknown" if it cannot be read)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["state"]["epoch"]
+    except Exception:  # only for a message: a damaged checkpoint is reported when it is resumed from
+        return "unknown"
 
 
 def load(directory: str | os.PathLike) -> dict[str, Any] | None:

@@ -38,7 +38,9 @@ contiguous part of each, so ranks see disjoint cells and take the same number of
 rank's loss is the per-cell mean over its part, weighted by its share of the global batch, so the
 averaged gradient is that of the global batch's per-cell mean: one step equals a single-process
 step on ``batch_size * N`` cells, up to Monte Carlo noise. The last global batch, if smaller, is
-split as evenly as possible (it is skipped when it holds fewer cells than processes).
+split as evenly as possible; when it holds fewer than two cells per process (one, for a model
+without batch normalisation) it is merged into the batch before it, so no rank's batch-norm layers
+ever see a single cell.
 
 What differs from a single process: the Monte Carlo samples, dropout and control partners of rank
 ``r`` come from ``seed + r`` (the data order and the train / validation split from ``seed`` on
@@ -80,7 +82,6 @@ import math
 import os
 import pickle
 import socket
-import sys
 import tempfile
 import time
 import traceback
@@ -96,8 +97,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from fcrkit import progress
 from fcrkit.data.backed import cell_data
-from fcrkit.data.loaders import Batch, CellData
+from fcrkit.data.loaders import MIN_BATCH_CELLS, Batch, CellData, batch_sizes
 from fcrkit.data.pairing import ControlPairing
 from fcrkit.errors import ConfigError, FcrkitError
 from fcrkit.model import GenerativeModel
@@ -106,6 +108,7 @@ from fcrkit.train.trainer import (
     History,
     Trainer,
     TrainingPlan,
+    _has_batch_norm,
     _history,
     _restore,
     _snapshot,
@@ -243,6 +246,8 @@ class DistributedTrainer(Trainer):
                               "model.train(strategy='ddp', devices=N) or launch with torchrun.")
         super().__init__(module, data, plan, pairing)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        # the fewest cells a rank's part of a batch may hold: batch normalisation cannot take one
+        self.min_cells = MIN_BATCH_CELLS if _has_batch_norm(module) else 1
         _broadcast_module(module)  # the same start on every rank (adversaries included: DDP skips them)
         self.adversary_params = {name: list(self.regularizers[name].adversary.parameters())
                                  for name in self.adversaries}
@@ -264,13 +269,11 @@ class DistributedTrainer(Trainer):
         plan, world = self.plan, self.world
         order = torch.randperm(train_idx.numel(), generator=generator, device=generator.device)
         order = train_idx.index_select(0, order.to(train_idx.device))
-        size = plan.batch_size * world
-        stop = order.numel() - order.numel() % size if plan.drop_last else order.numel()
-        shards = []
-        for start in range(0, stop, size):
+        shards, start = [], 0
+        for size in batch_sizes(order.numel(), plan.batch_size * world, drop_last=plan.drop_last,
+                                min_cells=self.min_cells * world):
             cells = order[start:start + size]
-            if cells.numel() < world:  # some rank would get no cell: every rank skips this batch
-                continue
+            start += size
             mine = cells.tensor_split(world)[self.rank]
             shards.append((mine, mine.numel() / cells.numel()))
         return shards
@@ -320,11 +323,12 @@ class DistributedTrainer(Trainer):
         if self.pairing is not None:
             self.sampler = self.pairing.sampler(train_idx, data.device)
         n_train = len(train_idx)
+        self._check_batches(n_train, self.min_cells * world, world)
 
         history = History()
         stop: dict = {"best": math.inf, "waited": 0, "best_state": None}
         last_good = self._state(_snapshot(module, self.optimizer), shared, history, stop)
-        show = (sys.stderr.isatty() if plan.progress_bar is None else plan.progress_bar) and rank == 0
+        show = progress.enabled(plan.progress_bar) and rank == 0
         bar = tqdm(range(plan.max_epochs), total=plan.max_epochs, disable=not show, desc=f"training ({world} ddp)",
                    unit="epoch", leave=False)
         start = time.perf_counter()

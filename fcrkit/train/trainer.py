@@ -18,7 +18,6 @@ import copy
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -32,10 +31,12 @@ from pyro.infer import ELBO
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fcrkit.data.loaders import Batch, CellData
+from fcrkit import progress
+from fcrkit.data.loaders import MIN_BATCH_CELLS, Batch, CellData, batch_sizes
 from fcrkit.data.pairing import ControlPairing, PairSampler
-from fcrkit.errors import ConfigError, NonFiniteLossError
+from fcrkit.errors import ConfigError, NonFiniteLossError, PluginError, UnknownComponentError
 from fcrkit.model import GenerativeModel
+from fcrkit.registry import get_registry
 from fcrkit.train import checkpoint
 from fcrkit.train.objectives import OBJECTIVES, evaluation_loss, objective_problems, resolve_objective
 
@@ -89,7 +90,7 @@ class TrainingPlan:
     patience: int = 10
     min_delta: float = 0.0
     seed: int | None = None
-    progress_bar: bool | None = None  # None: shown on a terminal only
+    progress_bar: bool | None = None  # None: in notebooks and terminals, not in CI (see fcrkit.progress)
     drop_last: bool = False
     checkpoint_dir: str | os.PathLike | None = None
     checkpoint_every: int = 1
@@ -174,6 +175,8 @@ class Trainer:
             compile_networks(module)
         self.sampler: PairSampler | None = None
         self._validated = False  # Pyro's checks have run on a step (see _losses)
+        self._terms_checked = False  # the regularisers' loss terms have been checked (see _check_term)
+        self._adversaries_checked: set[str] = set()  # and the adversaries' losses, by regulariser key
         self.elbo = resolve_elbo(plan.elbo, plan.num_particles)
         check_objective(module, plan.elbo)
         self.regularizers = module.regularizers
@@ -219,7 +222,35 @@ class Trainer:
                 for name, reg in self.regularizers.items():
                     if callable(getattr(reg, "loss", None)):
                         terms[name] = reg.loss(ctx)
+                        if not self._terms_checked:
+                            self._check_term(name, "loss", terms[name])
+                self._terms_checked = True
         return terms, ctx
+
+    def _check_term(self, key: str, method: str, value: object) -> None:
+        """Refuse a regulariser's ``loss`` / ``adversary_loss`` that is not a scalar float tensor (first step only).
+
+        Anything else would fail later inside torch, or broadcast the objective to the wrong shape,
+        with a message that names neither the regulariser nor its plugin.
+        """
+        if isinstance(value, Tensor) and value.shape == () and value.is_floating_point():
+            return
+        if isinstance(value, Tensor):
+            got = f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+        else:
+            got = "None" if value is None else f"a {type(value).__name__} ({value!r:.60})"
+        spec = self.weights[key]
+        try:
+            record = get_registry().get("regularizer", spec.name)
+            origin = f"plugin {record.plugin!r}" + (f" ({record.origin})" if record.origin else "")
+        except UnknownComponentError:  # built outside the registry
+            origin = "an unknown plugin"
+        raise PluginError(
+            f"regularizer {spec.name!r} (key {key!r}, from {origin}) returned {got} from {method}(ctx); it must "
+            "return a scalar floating-point torch.Tensor (shape (), e.g. `values.mean()`) that depends on the "
+            "context's tensors, so that it can be weighted, added to the objective and differentiated. Fix the "
+            "regulariser (fcrkit.testing.check_component checks it), or leave it out of the spec."
+        )
 
     def step(self, batch: Batch, n_obs: int, epoch: float, generator: torch.Generator) -> dict[str, Tensor]:
         """One optimisation step on ``batch`` (what :meth:`fit` runs for every minibatch).
@@ -253,7 +284,11 @@ class Trainer:
                 continue
             for _ in range(int(getattr(reg, "adversary_steps", 1))):
                 optimizer.zero_grad(set_to_none=True)
-                (reg.adversary_loss(detached) * scale).backward()
+                loss = reg.adversary_loss(detached)
+                if name not in self._adversaries_checked:
+                    self._check_term(name, "adversary_loss", loss)
+                    self._adversaries_checked.add(name)
+                (loss * scale).backward()
                 self._reduce_adversary_gradients(name)
                 optimizer.step()
 
@@ -276,6 +311,8 @@ class Trainer:
                              cause: BaseException | None = None) -> None:
         """Restore the last good state and raise, naming the term, if a loss or a parameter is not finite.
 
+        ``epoch`` is the loop's 0-based index; the error names the epoch counting from 1.
+
         The term named is the one that went non-finite first (the one non-finite at the most steps):
         once a step has poisoned the parameters, every term after it is non-finite too.
         """
@@ -285,7 +322,34 @@ class Trainer:
         term = totals.first_nonfinite() or next((k for k in bad if k not in ("loss", "validation_loss")),
                                                 bad[0] if bad else "parameters")
         self._load_state(last_good)
-        raise NonFiniteLossError(term, epoch, row.get(term, float("nan"))) from cause
+        # epochs count from 1 in messages, as everywhere else; the error carries the finished epochs' history
+        raise NonFiniteLossError(term, epoch + 1, row.get(term, float("nan")), _history(last_good)) from cause
+
+    def _check_batches(self, n_train: int, per_batch: int = MIN_BATCH_CELLS, processes: int = 1) -> int:
+        """The number of training steps per epoch; refuse a plan that would leave a step no cells to train on.
+
+        A model with batch normalisation cannot train on a single cell per process: its layers
+        need ``per_batch`` cells in every minibatch (:func:`~fcrkit.data.loaders.batch_sizes` merges
+        a smaller remainder into the batch before it, so only a lone batch can be that small).
+        """
+        plan = self.plan
+        size = plan.batch_size * processes
+        sizes = batch_sizes(n_train, size, drop_last=plan.drop_last, min_cells=per_batch)
+        if not sizes:
+            raise ConfigError(f"drop_last=True with {n_train} training cells and batch_size={size} leaves no full "
+                              "batch to train on; use a smaller batch_size or drop_last=False.")
+        if _has_batch_norm(self.module):
+            where = f" per process ({processes} processes)" if processes > 1 else ""
+            if plan.batch_size < MIN_BATCH_CELLS:
+                raise ConfigError(f"batch_size={plan.batch_size}{where}: model {self.module.spec.name!r} uses batch "
+                                  f"normalisation, which needs at least {MIN_BATCH_CELLS} cells per minibatch; use "
+                                  "a larger batch_size.")
+            if min(sizes) < per_batch:
+                raise ConfigError(f"only {n_train} training cells (validation_fraction={plan.validation_fraction}) "
+                                  f"for {processes} process(es): model {self.module.spec.name!r} uses batch "
+                                  f"normalisation, which needs at least {MIN_BATCH_CELLS} cells per minibatch"
+                                  f"{where}; give it more cells (or a smaller validation_fraction).")
+        return len(sizes)
 
     def _adversary_epoch(self, epoch: int) -> bool:
         """Whether an adversary with an alternating schedule (``alternate_every``) owns this epoch."""
@@ -329,7 +393,7 @@ class Trainer:
         if self.pairing is not None:
             self.sampler = self.pairing.sampler(train_idx, data.device)
         n_train = len(train_idx)
-        n_batches = max(1, n_train // plan.batch_size if plan.drop_last else math.ceil(n_train / plan.batch_size))
+        n_batches = self._check_batches(n_train)
         identity = checkpoint.identity(module, data.n_obs, plan, seed)
 
         history = History()
@@ -342,7 +406,7 @@ class Trainer:
             history, stop = _history(last_good), dict(last_good["stopping"])
         first = len(history)
         last = first if history.stopped_early else plan.max_epochs
-        show = sys.stderr.isatty() if plan.progress_bar is None else plan.progress_bar
+        show = progress.enabled(plan.progress_bar)  # notebooks and terminals; not in CI (see fcrkit.progress)
         bar = tqdm(range(first, last), initial=first, total=plan.max_epochs, disable=not show, desc="training",
                    unit="epoch", leave=False)
         start, seconds = time.perf_counter(), history.seconds
@@ -494,6 +558,10 @@ def _owns_epoch(regularizer: object, epoch: int) -> bool:
     """Alternating adversaries (``alternate_every = k``) own the k-th, 2k-th ... epochs."""
     every = int(getattr(regularizer, "alternate_every", 0))
     return every > 0 and (epoch + 1) % every == 0
+
+
+def _has_batch_norm(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 def _snapshot(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
