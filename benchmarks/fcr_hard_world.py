@@ -61,7 +61,7 @@ def run_seed(seed: int, defaults: bool = False, n_cells: int | None = None,
     start = time.perf_counter()
     beta = fcrkit.models.BetaVAE(adata, n_latent=6, seed=seed)
     beta.train(**train_kw)
-    rows.append({"seed": seed, "method": "β-VAE", **block_mcc(true, beta.get_latent_representation()["X_betavae"]),
+    rows.append({"seed": seed, "method": "β-VAE", **block_mcc(true, beta.get_latent_representation()),
                  "seconds": time.perf_counter() - start})
     pca = pca_embedding(get_matrix(adata, None), 6, seed=seed)
     rows.append({"seed": seed, "method": "PCA", **block_mcc(true, pca)})
