@@ -34,7 +34,8 @@ import fcrkit
 from fcrkit.metrics import likelihood_table, mcc, target_scores
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Train, score the targets, transfer; print and return the scores and the IWELBO table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--treatments", type=int, default=12)
     parser.add_argument("--new", type=int, default=3, help="treatments held out of training, transferred to")
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100, help="importance samples of the IWELBO")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--accelerator", default="cpu", help="cpu, cuda or auto")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     n_latent = 5
     adata = fcrkit.simulate.sparse_shift(n_cells=args.cells_per_condition * (args.treatments + 1), n_genes=50,
@@ -102,6 +103,7 @@ def main() -> None:
           f"after {(weights * table['iwelbo_after']).sum():.1f} (gain {(weights * table['gain']).sum():.1f} nats)")
     print("\nfitted shifts of the new treatments (columns: learned latents):")
     print(model.shifts().loc[new].round(2).to_string())
+    return {"targets": scores, "random_f1": random_f1, "iwelbo": table}
 
 
 if __name__ == "__main__":

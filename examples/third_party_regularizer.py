@@ -77,7 +77,8 @@ class MyLabPlugin:
 
 
 # -- the user's part -----------------------------------------------------------------------------------------
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Check, register and train with the plugin; print and return what was measured."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=1000)
     parser.add_argument("--genes", type=int, default=60)
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--blocks", default="x,tx", help="the two FCR blocks to decorrelate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--accelerator", default="cpu", help="cpu, cuda or auto")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     blocks = args.blocks.split(",")
 
     # 1. the conformance check a plugin's own test suite would run (raises ConformanceError on a problem)
@@ -117,6 +118,8 @@ def main() -> None:
             "xcorr": float(squared_cross_correlation(a, b)),
             "max_abs_corr": float(np.abs(np.corrcoef(a.T.numpy(), b.T.numpy())[:a.shape[1], a.shape[1]:]).max()),
             "validation_loss": history["validation_loss"][-1],
+            "terms": list(history.values),
+            "penalty": list(history["mylab_xcorr"]) if "mylab_xcorr" in history else [],
         }
         terms = [k for k in history.values if k not in ("loss", "elbo", "validation_loss")]
         print(f"\nFCR, mylab_xcorr weight {weight:g}: history terms {terms}")
@@ -131,6 +134,7 @@ def main() -> None:
     without, with_ = results[0.0]["xcorr"], results[args.weight]["xcorr"]
     print(f"\nthe penalty lowered the mean squared cross-correlation from {without:.4f} to {with_:.4f} "
           f"({with_ / without:.0%} of its value without it)")
+    return {"registered": (record.kind, record.name, record.plugin), "by_weight": results}
 
 
 if __name__ == "__main__":

@@ -178,10 +178,11 @@ def test_factorvae_codes_have_less_total_correlation_than_betavae():
 
     Measured independently of FactorVAE's own discriminator: the Gaussian total correlation
     ``½ (Σ_j log var_j − log det Σ)`` of one posterior sample per cell (samples of the aggregate
-    posterior q(z), the distribution whose TC FactorVAE penalises). Measured with the fused NB
-    kernel (seeds 0-3): β-VAE 0.682 / 0.120 / 0.107 / 0.049, FactorVAE (γ = 10) 0.050 / 0.224 /
-    0.077 / 0.037: lower at three seeds of four and in the mean (one seed can go the other way,
-    so the test asks for three of four).
+    posterior q(z), the distribution whose TC FactorVAE penalises). Measured (seeds 0-3), one torch
+    thread: β-VAE 0.678 / 0.280 / 0.088 / 0.113, FactorVAE (γ = 10) 0.057 / 0.042 / 0.017 / 0.034;
+    two threads: β-VAE 0.619 / 0.105 / 0.079 / 0.139, FactorVAE 0.072 / 0.078 / 0.006 / 0.027.
+    Lower at every seed, and the median at most 0.41 of the β-VAE's: the test asks for both (lower
+    at every seed, median below half), not a mean that one seed can carry.
     """
     adata = fcrkit.simulate.basic(n_cells=1000, n_genes=200, n_latent=4, library_size=5000.0, seed=0)
     fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["cell_type"])
@@ -193,8 +194,8 @@ def test_factorvae_codes_have_less_total_correlation_than_betavae():
             torch.manual_seed(0)
             codes = model.get_latent_representation(give_mean=False)
             tc[name].append(gaussian_tc(codes))
-    assert sum(f < b for f, b in zip(tc["factorvae"], tc["betavae"])) >= 3, tc
-    assert np.mean(tc["factorvae"]) < 0.5 * np.mean(tc["betavae"]), tc
+    assert all(f < b for f, b in zip(tc["factorvae"], tc["betavae"])), tc
+    assert np.median(tc["factorvae"]) < 0.5 * np.median(tc["betavae"]), tc
 
 
 def ivae_world(n_cells: int = 2000, n_genes: int = 50, n_latent: int = 3, n_labels: int = 10, *,
