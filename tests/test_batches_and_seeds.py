@@ -82,7 +82,7 @@ def test_every_recipe_trains_at_every_batch_boundary(name: str) -> None:
         history = model.train(1, batch_size=BATCH, validation_fraction=0.0, seed=0, accelerator="cpu",
                               progress_bar=False)
         assert len(history) == 1 and np.isfinite(history["loss"][0]), (name, n)
-        latent = next(iter(model.get_latent_representation(batch_size=BATCH).values()))
+        latent = next(iter(model.get_latent_representation(batch_size=BATCH, as_dict=True).values()))
         assert latent.shape[0] == n and np.isfinite(latent).all(), (name, n)
 
 
@@ -103,7 +103,7 @@ def latents_after(build: Callable[[], Model], global_seed: int, **train: object)
     np.random.seed(global_seed)
     model = build()
     model.train(2, batch_size=32, seed=0, accelerator="cpu", progress_bar=False, **train)
-    return np.concatenate(list(model.get_latent_representation().values()), axis=1)
+    return np.concatenate(list(model.get_latent_representation(as_dict=True).values()), axis=1)
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -83,7 +83,7 @@ def test_every_recipe_takes_posterior_and_it_survives_save_and_load(small_adata,
     model.save(tmp_path / "m")
     again = SCVI.load(tmp_path / "m", small_adata)
     assert again.spec.blocks[0].posterior.options == {"n_flows": 1}
-    first, second = (m.get_latent_representation()["X_scvi"] for m in (model, again))
+    first, second = (m.get_latent_representation() for m in (model, again))
     np.testing.assert_array_equal(first, second)
 
 
@@ -210,7 +210,7 @@ def test_mixture_prior_trains_under_enumeration_and_its_components_find_the_clus
     model = Model(adata, spec, seed=0)
     history = model.train(max_epochs=25, batch_size=100, lr=1e-2, accelerator="cpu", seed=0, elbo="trace_enum")
     assert history["validation_loss"][-1] < history["validation_loss"][0]
-    z = torch.as_tensor(model.get_latent_representation()["X_gmvae"])
+    z = torch.as_tensor(model.get_latent_representation())
     with torch.no_grad():
         found = model.module.priors["z"].responsibilities(z).argmax(-1).numpy()
     truth = adata.obs["cluster"].to_numpy()
