@@ -12,6 +12,10 @@ order:
 4. otherwise shown when standard error is a terminal.
 
 An explicit ``progress_bar=True`` / ``False`` overrides all of these.
+
+Phase lines (:func:`phase`) follow rules 1 and 2 but not 4: they are one line each, so they are
+also written when standard error is a pipe or a log file (``fcrkit demo > log 2>&1`` says what it is
+doing), where a bar's carriage returns would only clutter.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ def in_notebook() -> bool:
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
-def enabled(setting: bool | None = None) -> bool:
-    """Whether to show progress: ``setting`` if given, else as the module docstring says."""
+def _switched(setting: bool | None) -> bool | None:
+    """What ``setting``, ``FCRKIT_PROGRESS`` or ``CI`` decide (rules 1-2 of the module docstring); None: neither."""
     if setting is not None:
         return bool(setting)
     forced = os.environ.get(ENV)
@@ -43,6 +47,14 @@ def enabled(setting: bool | None = None) -> bool:
         return forced.strip().lower() in _ON
     if os.environ.get("CI", "").strip().lower() not in _OFF:
         return False
+    return None
+
+
+def enabled(setting: bool | None = None) -> bool:
+    """Whether to show the progress bar: ``setting`` if given, else as the module docstring says."""
+    switched = _switched(setting)
+    if switched is not None:
+        return switched
     if in_notebook():
         return True
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
@@ -54,5 +66,5 @@ def phase(message: str, setting: bool | None = None) -> None:
     Also logged (level DEBUG, logger ``fcrkit``), for programs that collect fcrkit's log instead.
     """
     logger.debug(message)
-    if enabled(setting):
+    if _switched(setting) is not False:  # on unless switched off: a terminal is not needed for one line
         print(f"fcrkit: {message}", file=sys.stderr, flush=True)

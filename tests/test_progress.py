@@ -80,6 +80,17 @@ def test_phase_lines_follow_the_same_switches(monkeypatch, capsys):
     monkeypatch.delenv(progress.ENV)
     monkeypatch.setenv("CI", "1")
     assert not progress.enabled()
+    progress.phase("scoring")
+    assert capsys.readouterr().err == ""
+
+
+def test_phase_lines_reach_a_pipe_or_a_log_where_the_bar_does_not(monkeypatch, capsys):
+    """``fcrkit demo > log 2>&1`` says what it is doing; the bar waits for a terminal (capsys is no terminal)."""
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(progress.ENV, raising=False)
+    assert not progress.enabled()
+    progress.phase("scoring")
+    assert capsys.readouterr().err == "fcrkit: scoring\n"
 
 
 @pytest.mark.parametrize("value, shown", [("1", True), ("yes", True), ("0", False), ("off", False)])
