@@ -105,14 +105,17 @@ def covariate_transfer(obs: pd.DataFrame, treatment_key: str, covariate_key: str
 
     Args:
         obs: the cells' labels.
-        treatment_key, covariate_key: the treatment and covariate columns.
+        treatment_key: the treatment column.
+        covariate_key: the covariate column.
         pairs: the (covariate value, treatment) pairs to hold out; None: chosen from the candidates, the pairs
             with at least ``min_cells`` treated cells and ``min_cells`` controls whose treatment is also seen
             (with ``min_cells`` cells) in another covariate value, so it can be transferred.
         treatment: only candidates of this treatment.
         n_pairs: how many candidates to draw (with ``seed``); None: all.
         folds: one split per pair (each held out in turn); otherwise one split holding every pair out.
-        min_cells, control_value, seed: as above.
+        min_cells: fewest treated cells (and controls) a candidate pair needs.
+        control_value: the treatment value of control cells.
+        seed: seed of the draw of ``n_pairs`` candidates.
     """
     table = _table(obs, treatment_key, covariate_key)
     big = table[table["n"] >= min_cells]

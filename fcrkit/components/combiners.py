@@ -47,8 +47,8 @@ class Masked(Concat):
     """The blocks concatenated, with ``block`` zeroed for control cells (no treatment).
 
     Args:
-        block_dims, label_dims: the model's blocks and the combiner's labels (it needs ``"t"``:
-            give it ``conditions = ["t"]``).
+        block_dims: the model's blocks and their sizes.
+        label_dims: the combiner's labels (it needs ``"t"``: give it ``conditions = ["t"]``).
         block: the block that exists for treated ("target") cells only.
     """
 
@@ -69,7 +69,8 @@ class SparseAdditive(nn.Module):
     """``z_basal + Σ_p d_p (σ(m_p) ⊙ e_p)``, then the other blocks concatenated after it.
 
     Args:
-        block_dims, label_dims: the model's blocks and the combiner's labels (``"t"`` needed).
+        block_dims: the model's blocks and their sizes.
+        label_dims: the combiner's labels (``"t"`` needed).
         basal: the block the treatment shifts are added to.
         init_mask_logit: initial logit of every mask entry (5: masks start open, σ(5) ≈ 0.99).
     """
