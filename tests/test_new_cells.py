@@ -16,14 +16,13 @@ import fcrkit
 import fcrkit.cli
 from fcrkit.errors import DataError
 from fcrkit.metrics import iwelbo, log_normalize
+from tests.simulated import interaction_data
 
 
 @pytest.fixture(scope="module")
 def counts_data():
     """300 simulated count cells x 30 genes with a treatment and a covariate, set up for fcrkit."""
-    adata = fcrkit.simulate.interaction(n_cells=300, n_genes=30, seed=0)
-    fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["covariate"])
-    return adata
+    return interaction_data(300, 30)
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,13 @@ import pytest
 
 import fcrkit
 from fcrkit.errors import ConfigError, DataError
+from tests.simulated import interaction_data
 
 
 @pytest.fixture(scope="module")
 def adata():
     """200 simulated count cells x 25 genes with a treatment and a covariate, set up for fcrkit."""
-    data = fcrkit.simulate.interaction(n_cells=200, n_genes=25, seed=0)
-    fcrkit.setup_anndata(data, treatment_key="treatment", covariate_keys=["covariate"])
-    return data
+    return interaction_data(200, 25)
 
 
 @pytest.fixture(scope="module")
