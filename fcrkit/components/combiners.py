@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fcrkit.data.labels import treatment_entries
 from fcrkit.errors import ConfigError, did_you_mean, listing
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import LabelDims, Labels
@@ -88,20 +89,20 @@ class SparseAdditive(nn.Module):
         self.mask_logits = nn.Parameter(torch.full((n_treatments, dim), float(init_mask_logit)))
         self.n_output = sum(block_dims.values())
 
-    def shifts(self, t: Tensor) -> Tensor:
-        """``Σ_p t[c, p] (σ(m_p) ⊙ e_p)`` for each cell ``c`` of the dose-weighted treatments ``t``, ``(B, dim)``.
+    def shifts(self, labels: Labels, n_cells: int) -> Tensor:
+        """``Σ_p d_cp (σ(m_p) ⊙ e_p)`` for each of the ``n_cells`` cells of ``labels``, ``(n_cells, dim)``.
 
         An embedding bag over the cells' (few) non-zero treatment entries: no ``(B, P, dim)`` tensor.
         """
-        cells, treatments = t.nonzero(as_tuple=True)  # row-major: each cell's entries are contiguous
-        counts = torch.bincount(cells, minlength=t.shape[0])
+        cells, treatments, doses = treatment_entries(labels)
+        counts = torch.bincount(cells, minlength=n_cells)
         offsets = torch.cumsum(counts, 0) - counts
         table = torch.sigmoid(self.mask_logits) * self.embeddings
-        return F.embedding_bag(treatments, table, offsets, mode="sum", per_sample_weights=t[cells, treatments])
+        return F.embedding_bag(treatments, table, offsets, mode="sum", per_sample_weights=doses)
 
     def forward(self, z: Mapping[str, Tensor], labels: Labels) -> Tensor:
         """The shifted basal block, then the other blocks."""
-        shifted = z[self.basal] + self.shifts(labels["t"])
+        shifted = z[self.basal] + self.shifts(labels, z[self.basal].shape[0])
         return torch.cat([shifted, *(z[b] for b in self.others)], dim=-1)
 
 
