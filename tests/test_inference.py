@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import types
 
 import anndata as ad
@@ -15,6 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 import fcrkit
+import fcrkit.runconfig
 from fcrkit.data.loaders import CellData
 from fcrkit.errors import ConfigError
 from fcrkit.models import SCVI, Model
@@ -85,6 +87,16 @@ def test_every_recipe_takes_posterior_and_it_survives_save_and_load(small_adata,
     assert again.spec.blocks[0].posterior.options == {"n_flows": 1}
     first, second = (m.get_latent_representation() for m in (model, again))
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("name", sorted(fcrkit.runconfig.recipes()))
+def test_every_recipes_spec_takes_posterior_so_run_configs_can_name_it(name):
+    build = fcrkit.runconfig.recipes()[name].build_spec
+    spec = build(posterior={"name": "flow", "n_flows": 1})
+    assert {(b.posterior.name, b.posterior.options["n_flows"]) for b in spec.blocks} == {("flow", 1)}
+    assert build(posterior="normal") == build()
+    signature = inspect.signature(fcrkit.runconfig.recipes()[name])
+    assert list(signature.parameters).count("posterior") == 1
 
 
 def test_flow_latent_is_the_flow_image_of_the_base_mean(small_adata):

@@ -551,36 +551,31 @@ class Recipe(Model):
     signature (shown by ``help`` and IDEs) becomes ``(adata, <build_spec's arguments>,
     *, likelihood_options=None, posterior="normal", seed=None)``.
 
-    Every recipe takes ``likelihood_options``: keyword options of its likelihood component, e.g.
-    ``FCR(adata, likelihood="gaussian", likelihood_options={"scale": "gene-cell"})`` for a per-cell
-    scale. They are added to ``build_spec`` itself, so a run config's ``[model]`` table and the
-    benchmark's recipe tables accept them too.
+    Two options apply to every recipe alike; they are added to ``build_spec`` itself (see
+    :func:`with_recipe_options`), so a run config's ``[model]`` table and the benchmark's recipe
+    tables accept them too:
 
-    Every recipe takes ``posterior``: the posterior family of all its blocks (``"normal"``, the
-    default, ``"flow"``, ``"delta"`` or any registered family; a name or a table with options such
-    as ``{"name": "flow", "n_flows": 4}``). See the Inference page of the docs.
+    - ``likelihood_options``: keyword options of its likelihood component, e.g.
+      ``FCR(adata, likelihood="gaussian", likelihood_options={"scale": "gene-cell"})`` for a per-cell scale;
+    - ``posterior``: the posterior family of all its blocks (``"normal"``, the default, ``"flow"``,
+      ``"delta"`` or any registered family; a name or a table with options such as
+      ``{"name": "flow", "n_flows": 4}``). See the Inference page of the docs.
     """
 
     build_spec: ClassVar[Callable[..., ModelSpec]]
 
-    def __init__(self, adata: AnnData, *args: Any, posterior: str | Mapping[str, Any] = DEFAULT_POSTERIOR,
-                 seed: int | None = None, **kwargs: Any):
-        spec = self.build_spec(*args, **kwargs)
-        if posterior != DEFAULT_POSTERIOR:
-            spec = spec.with_posterior(posterior)
-        super().__init__(adata, spec, seed=seed)
+    def __init__(self, adata: AnnData, *args: Any, seed: int | None = None, **kwargs: Any):
+        super().__init__(adata, self.build_spec(*args, **kwargs), seed=seed)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "build_spec" in cls.__dict__:
-            cls.build_spec = staticmethod(_with_likelihood_options(cls.__dict__["build_spec"].__func__))
+            cls.build_spec = staticmethod(with_recipe_options(cls.__dict__["build_spec"].__func__))
         kinds = inspect.Parameter
         adata = kinds("adata", kinds.POSITIONAL_OR_KEYWORD, annotation=AnnData)
-        posterior = kinds("posterior", kinds.KEYWORD_ONLY, default=DEFAULT_POSTERIOR,
-                          annotation=str | Mapping[str, Any])
         seed = kinds("seed", kinds.KEYWORD_ONLY, default=None, annotation=int | None)
         arguments = inspect.signature(cls.build_spec).parameters.values()
-        cls.__signature__ = inspect.Signature([adata, *arguments, posterior, seed])
+        cls.__signature__ = inspect.Signature([adata, *arguments, seed])
 
 
 def _positions(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np.ndarray:
@@ -596,35 +591,43 @@ def _positions(indices: Sequence[int] | np.ndarray | None, n_obs: int) -> np.nda
     return rows % n_obs
 
 
-def _with_likelihood_options(build: Callable[..., ModelSpec]) -> Callable[..., ModelSpec]:
-    """``build`` with one more keyword argument, ``likelihood_options``, merged into its spec's likelihood."""
-    if getattr(build, "_adds_likelihood_options", False):  # a subclass reusing a parent's build_spec
+def _apply_likelihood_options(spec: ModelSpec, options: Mapping[str, Any] | None) -> ModelSpec:
+    if options is None:
+        return spec
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"likelihood_options={options!r} must be a dict of the likelihood's "
+                          f"options, e.g. {{'scale': 'gene-cell'}} for likelihood 'gaussian'.")
+    lik = spec.likelihood
+    return dataclasses.replace(spec, likelihood=ComponentSpec(lik.name, lik.conditions, {**lik.options, **options}))
+
+
+def with_recipe_options(build: Callable[..., ModelSpec]) -> Callable[..., ModelSpec]:
+    """``build`` with the options every recipe takes, ``likelihood_options`` and ``posterior`` (keyword-only).
+
+    ``likelihood_options`` are merged into the spec's likelihood; ``posterior`` becomes every block's
+    posterior family (:meth:`~fcrkit.spec.ModelSpec.with_posterior`).
+    """
+    if getattr(build, "_adds_recipe_options", False):  # a subclass reusing a parent's build_spec
         return build
 
     @functools.wraps(build)
-    def spec_with_likelihood_options(*args: Any, likelihood_options: Mapping[str, Any] | None = None,
-                                     **kwargs: Any) -> ModelSpec:
-        spec = build(*args, **kwargs)
-        if likelihood_options is None:
-            return spec
-        if not isinstance(likelihood_options, Mapping) or not all(isinstance(k, str) for k in likelihood_options):
-            raise ConfigError(f"likelihood_options={likelihood_options!r} must be a dict of the likelihood's "
-                              f"options, e.g. {{'scale': 'gene-cell'}} for likelihood 'gaussian'.")
-        lik = spec.likelihood
-        return dataclasses.replace(spec, likelihood=ComponentSpec(lik.name, lik.conditions,
-                                                                  {**lik.options, **likelihood_options}))
+    def spec_with_recipe_options(*args: Any, likelihood_options: Mapping[str, Any] | None = None,
+                                 posterior: str | Mapping[str, Any] = DEFAULT_POSTERIOR, **kwargs: Any) -> ModelSpec:
+        spec = _apply_likelihood_options(build(*args, **kwargs), likelihood_options)
+        return spec if posterior == DEFAULT_POSTERIOR else spec.with_posterior(posterior)
 
     try:
         signature = inspect.signature(build, eval_str=True)
     except (NameError, TypeError, AttributeError, SyntaxError):
         signature = inspect.signature(build)
     params = list(signature.parameters.values())
-    option = inspect.Parameter("likelihood_options", inspect.Parameter.KEYWORD_ONLY, default=None,
-                               annotation=Mapping[str, Any] | None)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    options = [inspect.Parameter("likelihood_options", keyword, default=None, annotation=Mapping[str, Any] | None),
+               inspect.Parameter("posterior", keyword, default=DEFAULT_POSTERIOR, annotation=str | Mapping[str, Any])]
     at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
-    spec_with_likelihood_options.__signature__ = signature.replace(parameters=[*params[:at], option, *params[at:]])
-    spec_with_likelihood_options._adds_likelihood_options = True
-    return spec_with_likelihood_options
+    spec_with_recipe_options.__signature__ = signature.replace(parameters=[*params[:at], *options, *params[at:]])
+    spec_with_recipe_options._adds_recipe_options = True
+    return spec_with_recipe_options
 
 
 def _check_adata(adata: Any, argument: str = "adata") -> None:
