@@ -644,6 +644,17 @@ def sparse_shift(
     return adata
 
 
+def _group_means(rng: np.random.Generator, n_groups: int, dim: int, distance: float) -> np.ndarray:
+    """Means of ``n_groups`` groups in ``dim`` dimensions: ``distance / sqrt(2)`` times ``e_1, e_2, ..., -e_1,
+    -e_2, ...`` (so the first ``2 * dim`` groups are each at least ``distance`` apart), randomly rotated;
+    groups beyond ``2 * dim`` get random means of the same norm."""
+    axes = np.vstack([np.eye(dim), -np.eye(dim)])[:n_groups]
+    extra = rng.normal(size=(max(n_groups - 2 * dim, 0), dim))
+    extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+    rotation = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    return distance / np.sqrt(2.0) * np.vstack([axes, extra]) @ rotation
+
+
 def contrastive(
     n_cells: int = 2000,
     n_genes: int = 100,
@@ -661,12 +672,14 @@ def contrastive(
     """A contrastive world: background cells with shared structure only, target cells with salient structure too.
 
     **Shared structure.** Every cell has a cell type ``c`` (``obs["cell_type"]``, ``n_cell_types``
-    levels, uniform) and a shared latent ``z_shared ~ N(mu_c, I)`` with ``mu_c ~ N(0, separation^2 I)``.
+    levels, uniform) and a shared latent ``z_shared ~ N(mu_c, I)``; the means ``mu_c`` are ``separation``
+    apart (``separation / sqrt(2)`` times distinct signed unit vectors, randomly rotated; beyond
+    ``2 * n_shared`` levels, random vectors of that norm).
 
     **Salient structure.** A fraction ``target_fraction`` of the cells are targets
     (``obs["condition"] = "target"``, the others ``"background"``); a target cell belongs to a subgroup
     ``s`` (``obs["subgroup"]``, ``n_subgroups`` levels, uniform, independent of the cell type) and has
-    ``z_salient ~ N(nu_s, I)`` with ``nu_s ~ N(0, separation^2 I)``; background cells have
+    ``z_salient ~ N(nu_s, I)`` with means ``nu_s`` placed alike; background cells have
     ``z_salient = 0`` (subgroup ``"none"``): the comparative model of contrastiveVI (Weinberger et al.,
     Nat Methods 2023) and Lopez et al. (CLeaR 2024).
 
@@ -685,7 +698,8 @@ def contrastive(
         n_cell_types: levels of the shared cluster label.
         n_subgroups: levels of the target cells' salient subgroup label.
         target_fraction: expected fraction of target cells, in ``(0, 1)``.
-        separation: standard deviation of the cluster and subgroup means (in units of the within-group sd).
+        separation: distance between the means of two cell types, or of two subgroups (in units of the
+            within-group standard deviation).
         library_size: typical total counts per cell.
         dispersion: NB inverse dispersion.
         seed: seed of everything.
@@ -705,8 +719,8 @@ def contrastive(
     target = rng.random(n_cells) < target_fraction
     subgroup = np.where(target, rng.integers(n_subgroups, size=n_cells), -1)
 
-    type_means = rng.normal(0.0, separation, size=(n_cell_types, n_shared))
-    subgroup_means = rng.normal(0.0, separation, size=(n_subgroups, n_salient))
+    type_means = _group_means(rng, n_cell_types, n_shared, separation)
+    subgroup_means = _group_means(rng, n_subgroups, n_salient, separation)
     z_shared = type_means[cell_type] + rng.normal(size=(n_cells, n_shared))
     z_salient = np.zeros((n_cells, n_salient))
     z_salient[target] = subgroup_means[subgroup[target]] + rng.normal(size=(int(target.sum()), n_salient))
