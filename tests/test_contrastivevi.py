@@ -84,3 +84,19 @@ def test_salient_block_does_not_reach_the_decoder_for_background_cells():
     assert not torch.allclose(target[0], target[1])
     flow = fcrkit.models.ContrastiveVI(adata, n_latent=3, posterior="flow", seed=0)  # as every recipe
     assert {b.posterior.name for b in flow.spec.blocks} == {"flow"}
+
+
+def test_contrastive_world_has_salient_structure_in_target_cells_only():
+    adata = fcrkit.simulate.contrastive(n_cells=400, n_genes=30, separation=4.0, seed=3)
+    target = (adata.obs["condition"] == "target").to_numpy()
+    assert 0.4 < target.mean() < 0.6
+    assert not adata.obsm["z_salient"][~target].any() and adata.obsm["z_salient"][target].any()
+    assert set(adata.obs["subgroup"][~target]) == {"none"}
+    assert set(adata.obs["subgroup"][target]) == {"group_0", "group_1"}
+    # the subgroup means are `separation` apart: the subgroup averages of the target cells' salient latent show it
+    z, groups = adata.obsm["z_salient"][target], adata.obs["subgroup"].to_numpy()[target]
+    gap = np.linalg.norm(z[groups == "group_0"].mean(0) - z[groups == "group_1"].mean(0))
+    assert gap == pytest.approx(4.0, abs=0.4)
+    assert (adata.X.toarray() == fcrkit.simulate.contrastive(n_cells=400, n_genes=30, separation=4.0, seed=3).X).all()
+    with pytest.raises(ConfigError, match="target_fraction=1.0 must be in \\(0, 1\\)"):
+        fcrkit.simulate.contrastive(target_fraction=1.0)

@@ -146,6 +146,20 @@ def _observe(
     return counts.astype(np.int32)
 
 
+def _nb_cells(rng: np.random.Generator, z: np.ndarray, n_genes: int, library_size: float, dispersion: float,
+              obs: Mapping[str, Any]) -> AnnData:
+    """An AnnData of NB counts from latents ``z``: a random ``d -> 4d -> genes`` leaky-ReLU network to gene
+    fractions, log-normal library sizes, ``obs`` columns, cells ``cell_i`` and genes ``gene_g``."""
+    n_cells, n_latent = z.shape
+    weights = _random_weights(rng, [n_latent, 4 * n_latent, n_genes], gains=[1.0, 1.5])
+    fractions = _softmax(_mlp(z, weights))
+    library = _library_sizes(rng, n_cells, library_size)
+    counts = _observe(rng, fractions, library, "nb", dispersion, library_size)
+    frame = pd.DataFrame(dict(obs), index=[f"cell_{i}" for i in range(n_cells)])
+    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
+    return AnnData(sp.csr_matrix(counts), obs=frame, var=var)
+
+
 def basic(
     n_cells: int = 2000,
     n_genes: int = 200,
@@ -185,20 +199,10 @@ def basic(
     z = type_means[cell_type] + rng.normal(size=(n_cells, n_latent))
     z[treated] += shifts[drug[treated]]
 
-    weights = _random_weights(rng, [n_latent, 4 * n_latent, n_genes], gains=[1.0, 1.5])
-    fractions = _softmax(_mlp(z, weights))
-    library = _library_sizes(rng, n_cells, library_size)
-    counts = _observe(rng, fractions, library, "nb", dispersion, library_size)
-
-    obs = pd.DataFrame(
-        {
-            "cell_type": pd.Categorical([f"type_{k}" for k in cell_type]),
-            "treatment": pd.Categorical(np.where(treated, [f"drug_{d}" for d in drug], "control")),
-        },
-        index=[f"cell_{i}" for i in range(n_cells)],
-    )
-    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
-    adata = AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+    adata = _nb_cells(rng, z, n_genes, library_size, dispersion, {
+        "cell_type": pd.Categorical([f"type_{k}" for k in cell_type]),
+        "treatment": pd.Categorical(np.where(treated, [f"drug_{d}" for d in drug], "control")),
+    })
     adata.obsm["z_true"] = z.astype(np.float32)
     adata.uns["simulation"] = {"kind": "basic", "seed": seed, "treatment_targets": mask.astype(np.int8)}
     return adata
@@ -725,22 +729,11 @@ def contrastive(
     z_salient = np.zeros((n_cells, n_salient))
     z_salient[target] = subgroup_means[subgroup[target]] + rng.normal(size=(int(target.sum()), n_salient))
 
-    n_latent = n_shared + n_salient
-    weights = _random_weights(rng, [n_latent, 4 * n_latent, n_genes], gains=[1.0, 1.5])
-    fractions = _softmax(_mlp(np.hstack([z_shared, z_salient]), weights))
-    library = _library_sizes(rng, n_cells, library_size)
-    counts = _observe(rng, fractions, library, "nb", dispersion, library_size)
-
-    obs = pd.DataFrame(
-        {
-            "condition": pd.Categorical(np.where(target, "target", "background"), categories=["background", "target"]),
-            "cell_type": pd.Categorical([f"type_{k}" for k in cell_type]),
-            "subgroup": pd.Categorical(np.where(target, [f"group_{s}" for s in subgroup], "none")),
-        },
-        index=[f"cell_{i}" for i in range(n_cells)],
-    )
-    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
-    adata = AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+    adata = _nb_cells(rng, np.hstack([z_shared, z_salient]), n_genes, library_size, dispersion, {
+        "condition": pd.Categorical(np.where(target, "target", "background"), categories=["background", "target"]),
+        "cell_type": pd.Categorical([f"type_{k}" for k in cell_type]),
+        "subgroup": pd.Categorical(np.where(target, [f"group_{s}" for s in subgroup], "none")),
+    })
     adata.obsm["z_shared"] = z_shared.astype(np.float32)
     adata.obsm["z_salient"] = z_salient.astype(np.float32)
     adata.uns["simulation"] = {"kind": "contrastive", "seed": int(seed)}
