@@ -3,8 +3,6 @@ model's parts through declared methods only (no reaching into ``ctx.module``).""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -48,7 +46,7 @@ def test_context_runs_the_models_parts_through_declared_methods(model):
     module = model.module
     assert isinstance(module, ModelParts)
     info = ModelInfo(module.spec.block_dims, module.label_dims, module.n_genes)
-    ctx = dataclasses.replace(random_context(info, n=8), parts=module)
+    ctx = random_context(info, n=8, parts=module)
     module.eval()
     prior = ctx.prior("tx")
     expected = module.prior_distribution("tx", ctx.labels, 8)
@@ -67,7 +65,7 @@ def test_frozen_statistics_leave_running_batch_norm_statistics_alone(model):
     norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     assert norms, "the FCR decoder has batch norms"
     info = ModelInfo(module.spec.block_dims, module.label_dims, module.n_genes)
-    ctx = dataclasses.replace(random_context(info, n=8), parts=module)
+    ctx = random_context(info, n=8, parts=module)
     module.train()
     before = [n.running_mean.clone() for n in norms]
     with torch.no_grad(), ctx.frozen_statistics():
@@ -94,7 +92,8 @@ def test_regularizers_that_run_the_model_need_only_the_declared_parts(model, nam
     module = model.module
     info = ModelInfo(module.spec.block_dims, module.label_dims, module.n_genes)
     reg = get_registry().build("regularizer", name, info, **options)
-    ctx = dataclasses.replace(random_context(info, n=8), parts=module, module=None)
+    ctx = random_context(info, n=8, parts=module)
+    assert ctx.module is None
     module.eval()
     torch.manual_seed(0)
     loss = reg.loss(ctx)

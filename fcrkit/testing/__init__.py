@@ -27,7 +27,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
 from fcrkit.errors import PluginError
-from fcrkit.protocols import KINDS, Context, ModelInfo
+from fcrkit.protocols import KINDS, Context, ModelInfo, ModelParts
 from fcrkit.registry import Registry, get_registry
 
 if TYPE_CHECKING:
@@ -56,11 +56,12 @@ def random_labels(label_dims: Mapping[str, int], n: int, generator: torch.Genera
     return labels
 
 
-def random_context(info: ModelInfo, n: int = N_CELLS, *, pairs: int = 0, seed: int = 0) -> Context:
+def random_context(info: ModelInfo, n: int = N_CELLS, *, pairs: int = 0, seed: int = 0,
+                   parts: ModelParts | None = None) -> Context:
     """A minibatch :class:`~fcrkit.protocols.Context` with random latents that require gradients.
 
-    Its observed values ``y`` are Poisson(3) counts, ``library`` their row sums. It has no model parts
-    (``parts=None``): give it some with ``dataclasses.replace(ctx, parts=model.module)``.
+    Its observed values ``y`` are Poisson(3) counts, ``library`` their row sums. ``parts`` are the model
+    parts its ``prior``, ``decode`` and ``encode`` run (e.g. ``model.module``; None: none, and those raise).
 
     With ``pairs > 0`` the first ``pairs`` cells are followed by their ``pairs`` "controls" (labels
     with ``t = 0`` and the same ``x``), as control pairing lays out a batch.
@@ -75,7 +76,7 @@ def random_context(info: ModelInfo, n: int = N_CELLS, *, pairs: int = 0, seed: i
     z = {b: loc[b] + scale[b] * torch.randn(n, d, generator=generator) for b, d in info.block_dims.items()}
     y = torch.poisson(torch.full((n, info.n_genes), 3.0), generator=generator)
     return Context(z=z, loc=loc, scale=scale, labels=labels, index=torch.arange(n), n_obs=10 * n, pairs=pairs,
-                   y=y, library=y.sum(-1, keepdim=True))
+                   y=y, library=y.sum(-1, keepdim=True), parts=parts)
 
 
 def check_component(
