@@ -100,3 +100,13 @@ def test_contrastive_world_has_salient_structure_in_target_cells_only():
     assert (adata.X.toarray() == fcrkit.simulate.contrastive(n_cells=400, n_genes=30, separation=4.0, seed=3).X).all()
     with pytest.raises(ConfigError, match="target_fraction=1.0 must be in \\(0, 1\\)"):
         fcrkit.simulate.contrastive(target_fraction=1.0)
+
+
+def test_the_docs_spec_is_the_recipe(tmp_path):
+    """The TOML of docs/recipes/contrastivevi.md composes exactly the recipe's default spec."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "recipes" / "contrastivevi.md").read_text()
+    (tmp_path / "contrastivevi.toml").write_text(re.search(r"```toml\n(.*?)```", page, re.DOTALL).group(1))
+    assert fcrkit.ModelSpec.from_toml(tmp_path / "contrastivevi.toml") == fcrkit.models.contrastivevi_spec()
