@@ -12,6 +12,7 @@ from fcrkit.data import simulate
 from fcrkit.data.anndata import setup_anndata
 from fcrkit.hookspecs import hookimpl
 from fcrkit.models.base import compose
+from fcrkit.protocols import Context, ModelInfo
 from fcrkit.registry import ComponentRecord, Registry, get_registry, list_components
 from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec
 
@@ -19,6 +20,8 @@ __all__ = [
     "BlockSpec",
     "ComponentRecord",
     "ComponentSpec",
+    "Context",
+    "ModelInfo",
     "ModelSpec",
     "Registry",
     "RegularizerSpec",

@@ -23,11 +23,14 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 
 def cmd_components(args: argparse.Namespace) -> int:
-    """``fcrkit components``: list the registered components and the plugin of each."""
+    """``fcrkit components``: list the registered components and recipes, and the plugin of each."""
     from fcrkit.registry import get_registry
 
     registry = get_registry()
-    rows = [(r.kind, r.name, r.plugin, r.origin, r.summary) for r in registry.records(args.kind)]
+    records = [] if args.kind == "recipe" else registry.records(args.kind)
+    if args.kind in (None, "recipe"):  # whole models, registered through fcrkit_register_recipes
+        records = [*records, *registry.recipe_records()]
+    rows = [(r.kind, r.name, r.plugin, r.origin, r.summary) for r in records]
     print(format_table(("kind", "name", "plugin", "from", "summary"), rows))
     if registry.failures:
         print("\nPlugins that failed to load:")
@@ -170,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     comp = sub.add_parser("components", help="list registered components and the plugins that provide them")
-    comp.add_argument("--kind", choices=KINDS, help="only this kind")
+    comp.add_argument("--kind", choices=(*KINDS, "recipe"), help="only this kind (recipe: the registered models)")
     comp.set_defaults(run=cmd_components)
 
     demo = sub.add_parser(

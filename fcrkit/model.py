@@ -22,6 +22,7 @@ Components are looked up in the registry by name; each sees only the labels its 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 
 import pyro
 import pyro.distributions as dist
@@ -29,10 +30,10 @@ import torch
 from pyro.poutine import Trace
 from torch import Tensor, nn
 
-from fcrkit.components.nn import lognormalize
+from fcrkit.components.nn import frozen_norm_statistics, lognormalize
 from fcrkit.data.loaders import Batch
 from fcrkit.errors import ConfigError, listing
-from fcrkit.protocols import BlockMoments, Context, Labels, ModelInfo
+from fcrkit.protocols import BlockMoments, Context, InputKind, Labels, ModelInfo
 from fcrkit.registry import Registry, get_registry
 from fcrkit.spec import ComponentSpec, ModelSpec
 
@@ -158,11 +159,15 @@ class GenerativeModel(nn.Module):
     # -- deterministic use of the parts ---------------------------------------------------------------
     def encode(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
         """Posterior ``(loc, scale)`` of each block for the cells of ``batch``."""
-        y = self.inputs(batch.y)
+        return self.encode_values(batch.y, batch.labels)
+
+    def encode_values(self, values: Tensor, labels: Labels) -> dict[str, tuple[Tensor, Tensor]]:
+        """Posterior ``(loc, scale)`` of each block for cells with observed ``values`` and ``labels``."""
+        y = self.inputs(values)
         if "joint" not in self.encoders:
-            return {name: enc(y, self.labels_for(f"{name}.encoder", batch.labels))
+            return {name: enc(y, self.labels_for(f"{name}.encoder", labels))
                     for name, enc in self.encoders.items()}
-        loc, scale = self.encoders["joint"](y, self.labels_for("joint.encoder", batch.labels))
+        loc, scale = self.encoders["joint"](y, self.labels_for("joint.encoder", labels))
         sizes = list(self.spec.block_dims.values())
         return {name: (l, s) for name, l, s in zip(self.spec.block_dims, loc.split(sizes, -1), scale.split(sizes, -1))}
 
@@ -174,6 +179,16 @@ class GenerativeModel(nn.Module):
             family = self.posteriors[name]
             out[name] = family.point(loc, scale) if mean else family.distribution(loc, scale).sample()
         return out
+
+    # -- what regularisers may run (fcrkit.protocols.ModelParts, through Context's methods) ----------------
+    @property
+    def input_kind(self) -> InputKind:
+        """What the likelihood models: ``"counts"`` or ``"real"``."""
+        return self.likelihood.input_kind
+
+    def frozen_statistics(self) -> AbstractContextManager[None]:
+        """Batch norms normalise with the batch's statistics but leave their running ones alone."""
+        return frozen_norm_statistics(self)
 
     def prior_distribution(self, block: str, labels: Labels, n: int) -> dist.Distribution:
         """The prior of ``block`` for ``n`` cells with ``labels``, without its ``to_event`` wrapper."""
@@ -212,4 +227,4 @@ class GenerativeModel(nn.Module):
                     lacking[moment][name] = families[name]
         loc, scale = (BlockMoments(moments[m], m, lacking[m]) for m in ("loc", "scale"))
         return Context(z, loc, scale, batch.labels, batch.index, n_obs, epoch, progress, self, pairs,
-                       y=batch.y, library=batch.library)
+                       y=batch.y, library=batch.library, parts=self)

@@ -21,7 +21,9 @@ decoder       ``f(n_input, n_output, heads, label_dims, **options)``     ``nn.Mo
                                                                         ``dec(z, labels) -> {head: tensor}``
 likelihood    ``f(n_genes, **options)``                                  ``nn.Module`` with ``input_kind``,
                                                                         ``heads``, ``.distribution``, ``.mean``
-regularizer   ``f(info, **options)``                                     ``.loss(ctx)`` and/or ``.handler(w)``
+regularizer   ``f(info, **options)``                                     :class:`LossTerm` (``.loss(ctx)``) and/or
+                                                                        :class:`ElboEffect` (``.handler(w)``),
+                                                                        optionally :class:`Adversarial`
 posterior     ``f(dim, **options)``                                      ``nn.Module`` with ``moments``,
                                                                         ``.distribution(loc, scale)``,
                                                                         ``.point``, ``.read_moments``
@@ -33,10 +35,12 @@ combiner      ``f(block_dims, label_dims, **options)``                   ``nn.Mo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from pyro.distributions import Distribution
+from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
 from fcrkit.errors import ConfigError
@@ -204,6 +208,38 @@ class BlockMoments(dict):
         return BlockMoments({k: f(v) for k, v in self.items()}, self.moment, self.lacking)
 
 
+@runtime_checkable
+class ModelParts(Protocol):
+    """What a regulariser may run of the model it joins: the methods :class:`Context` calls for it.
+
+    The generic model (:class:`fcrkit.model.GenerativeModel`) provides them; a regulariser never
+    reaches into the model for anything else. Each works on any labels and values, not only the
+    minibatch's (e.g. a counterfactual treatment).
+
+    Attributes:
+        input_kind: what the likelihood models, ``"counts"`` or ``"real"``.
+    """
+
+    input_kind: InputKind
+
+    def prior_distribution(self, block: str, labels: Labels, n: int) -> Distribution:
+        """The prior of ``block`` for ``n`` cells with ``labels``: batch shape ``(n, dim)`` (no ``to_event``)."""
+        ...
+
+    def decode_mean(self, z: Mapping[str, Tensor], labels: Labels, library: Tensor) -> Tensor:
+        """Expected values ``(B, n_genes)`` (on the data's scale) of cells with block values ``z``."""
+        ...
+
+    def encode_values(self, values: Tensor, labels: Labels) -> dict[str, tuple[Tensor, Tensor]]:
+        """Each block's encoder output ``(loc, scale)`` for cells with ``values`` ``(B, n_genes)`` and ``labels``."""
+        ...
+
+    def frozen_statistics(self) -> AbstractContextManager[None]:
+        """A ``with`` block in which batch norms use the batch's statistics but do not update their running
+        ones (for values the model generated itself, which must not shift what prediction uses)."""
+        ...
+
+
 @dataclass
 class Context:
     """What a regulariser sees of one minibatch.
@@ -218,11 +254,14 @@ class Context:
         index: row numbers of the cells in the training data.
         n_obs: the plate size: the number of training cells, twice that with control pairing.
         epoch: current epoch (0-based); ``progress`` is the fraction of training done.
-        module: the generic model, for regularisers that need to run its parts.
+        module: the model's ``nn.Module`` (its parameters); to run the model's parts use
+            :meth:`prior`, :meth:`decode`, :meth:`encode` and :meth:`frozen_statistics`.
         pairs: with control pairing, the batch holds ``pairs`` cells followed by their ``pairs``
             paired controls (row ``i + pairs`` is the control of row ``i``); 0 without pairing.
         y, library: the batch's observed values ``(B, n_genes)`` and library sizes ``(B, 1)`` (for
             terms that compare generated with observed cells); None where no data are at hand.
+        parts: the model's parts a regulariser may run (:class:`ModelParts`), through the methods
+            below; None where no model is at hand (then those methods raise a ConfigError).
     """
 
     z: dict[str, Tensor]
@@ -237,6 +276,44 @@ class Context:
     pairs: int = 0
     y: Tensor | None = field(default=None, repr=False)
     library: Tensor | None = field(default=None, repr=False)
+    parts: ModelParts | None = field(default=None, repr=False)
+
+    def _parts(self, what: str) -> ModelParts:
+        if self.parts is None:
+            raise ConfigError(f"a regularizer calls ctx.{what}, which runs the model's parts, but this context has "
+                              "none: build it with parts= (the model's Context has them; "
+                              "fcrkit.testing.check_component gives its regularizers a small model).")
+        return self.parts
+
+    @property
+    def input_kind(self) -> InputKind:
+        """What the model's likelihood models: ``"counts"`` or ``"real"``."""
+        return self._parts("input_kind").input_kind
+
+    def prior(self, block: str, labels: Labels | None = None, n: int | None = None) -> Distribution:
+        """The prior of ``block`` for ``n`` cells with ``labels`` (default: this minibatch's cells and labels),
+        batch shape ``(n, dim)``: a regulariser that compares posteriors with priors reads it."""
+        labels = self.labels if labels is None else labels
+        return self._parts("prior()").prior_distribution(block, labels, len(self.index) if n is None else n)
+
+    def decode(self, z: Mapping[str, Tensor], labels: Labels | None = None, library: Tensor | None = None) -> Tensor:
+        """Expected values ``(B, n_genes)`` of cells with block values ``z``, ``labels`` and ``library``
+        (default: this minibatch's labels and library sizes)."""
+        labels = self.labels if labels is None else labels
+        library = self.library if library is None else library
+        if library is None:
+            raise ConfigError("ctx.decode(): this context holds no library sizes; pass library=.")
+        return self._parts("decode()").decode_mean(z, labels, library)
+
+    def encode(self, y: Tensor, labels: Labels | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+        """Each block's posterior ``(loc, scale)`` for values ``y`` ``(B, n_genes)`` with ``labels`` (default:
+        this minibatch's)."""
+        return self._parts("encode()").encode_values(y, self.labels if labels is None else labels)
+
+    def frozen_statistics(self) -> AbstractContextManager[None]:
+        """A ``with`` block in which running the model's parts leaves its batch-norm statistics alone (see
+        :meth:`ModelParts.frozen_statistics`); a no-op without parts."""
+        return nullcontext() if self.parts is None else self.parts.frozen_statistics()
 
     def unpaired(self) -> Context:
         """The context of the minibatch's own cells, without the paired controls appended to them.
@@ -270,19 +347,50 @@ class Context:
 
 
 @runtime_checkable
-class Regularizer(Protocol):
-    """An extra term of the objective, an effect on the ELBO, or both.
+class LossTerm(Protocol):
+    """A regulariser that adds a term to the objective.
 
-    A regulariser implements at least one of:
-
-    - ``loss(ctx) -> Tensor``: a scalar (a per-cell mean) added to the loss times its weight;
-    - ``handler(weight) -> pyro Messenger``: an effect applied while the ELBO is computed (the KL
-      regulariser scales the latent sites with it).
-
-    It may also own an adversary: an ``adversary`` attribute (an ``nn.Module``, kept out of the model's
-    parameters), ``adversary_loss(ctx)`` computed on detached latents, ``adversary_steps`` (steps per
-    model step, default 1) and ``adversary_lr``. The trainer gives the adversary its own optimiser.
+    Optional attributes the trainer reads: ``needs_control_pairing`` (True: the model spec must pair
+    each cell with a control, see :attr:`Context.pairs`).
     """
+
+    def loss(self, ctx: Context) -> Tensor:
+        """A scalar (a per-cell mean) added to the loss times the spec's weight."""
+        ...
+
+
+@runtime_checkable
+class ElboEffect(Protocol):
+    """A regulariser that acts on the ELBO itself, e.g. the ``kl`` regulariser scaling the latent sites."""
+
+    def handler(self, weight: float) -> Messenger:
+        """A Pyro effect handler applied while the ELBO is computed, at the spec's weight for this epoch."""
+        ...
+
+
+@runtime_checkable
+class Adversarial(Protocol):
+    """A regulariser that owns an adversary, trained by its own optimiser on detached latents.
+
+    Attributes:
+        adversary: the adversary's ``nn.Module`` (kept out of the model's parameters).
+
+    Optional attributes the trainer reads: ``adversary_steps`` (its steps per model step, default 1),
+    ``adversary_lr`` (its Adam learning rate, default 1e-3) and ``alternate_every`` (k > 0: only the
+    adversary learns, in every k-th epoch).
+    """
+
+    adversary: nn.Module
+
+    def adversary_loss(self, ctx: Context) -> Tensor:
+        """The adversary's scalar loss on a :meth:`Context.detached` context."""
+        ...
+
+
+#: A regulariser: a :class:`LossTerm`, an :class:`ElboEffect`, or both; it may also be
+#: :class:`Adversarial`. ``isinstance(obj, Regularizer)`` tells whether ``obj`` is one of the first two;
+#: :func:`regularizer_problems` says what is wrong with one that is not.
+Regularizer: TypeAlias = LossTerm | ElboEffect
 
 
 def has_method(obj: Any, name: str) -> bool:
@@ -293,14 +401,14 @@ def has_method(obj: Any, name: str) -> bool:
 def regularizer_problems(obj: Any) -> list[str]:
     """What keeps ``obj`` from being a valid regulariser (empty when it is one)."""
     problems = []
-    if not (has_method(obj, "loss") or has_method(obj, "handler")):
-        problems.append("it has neither a loss(ctx) nor a handler(weight) method")
+    if not isinstance(obj, Regularizer) or not (has_method(obj, "loss") or has_method(obj, "handler")):
+        problems.append("it has neither a loss(ctx) nor a handler(weight) method (a LossTerm or an ElboEffect)")
     adversary = getattr(obj, "adversary", None)
     if adversary is not None:
         if not isinstance(adversary, nn.Module):
             problems.append("its 'adversary' is not a torch.nn.Module")
         if not has_method(obj, "adversary_loss"):
-            problems.append("it has an adversary but no adversary_loss(ctx) method")
+            problems.append("it has an adversary but no adversary_loss(ctx) method (see Adversarial)")
     return problems
 
 

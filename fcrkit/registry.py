@@ -5,6 +5,9 @@ register through the same ``fcrkit_register_components`` hook as third-party plu
 found through the ``fcrkit`` entry-point group. Set ``FCRKIT_DISABLE_PLUGINS=1`` to skip the entry
 points (the built-ins still load).
 
+Whole models (recipes) are registered the same way, through the ``fcrkit_register_recipes`` hook;
+fcrkit's own recipes come from the default plugin :mod:`fcrkit.models.builtin`.
+
 Use :func:`get_registry` to look components up and :func:`list_components` to see what is there.
 """
 
@@ -34,6 +37,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = tuple(
     for kind in ("encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner")
 ) + ("fcrkit.components.structure", "fcrkit.components.independence", "fcrkit.components.sparse_shift",
      "fcrkit.components.cpa", "fcrkit.components.counterfactual", "fcrkit.components.mixture")
+#: The default plugin that registers fcrkit's own recipes (through ``fcrkit_register_recipes``).
+BUILTIN_RECIPES = "fcrkit.models.builtin"
+#: Methods a registered recipe class must have (the surface every recipe shares).
+RECIPE_METHODS: tuple[str, ...] = ("build_spec", "train", "get_latent_representation", "predict", "save", "load")
 
 
 def builtin_origin() -> str:
@@ -93,11 +100,13 @@ class Registry:
 
     Plugins add components with :meth:`encoder`, :meth:`prior`, :meth:`decoder`,
     :meth:`likelihood`, :meth:`regularizer`, :meth:`posterior` and :meth:`combiner`; fcrkit looks them up with
-    :meth:`get` and builds them with :meth:`build`.
+    :meth:`get` and builds them with :meth:`build`. Whole models are added with :meth:`recipe` and looked
+    up with :meth:`get_recipe` and :meth:`recipes`.
     """
 
     def __init__(self) -> None:
         self._records: dict[tuple[str, str], ComponentRecord] = {}
+        self._recipes: dict[str, ComponentRecord] = {}
         self._plugin: tuple[str, str] | None = None  # (plugin name, origin) while its hook runs
         self.failures: list[PluginFailure] = []
 
@@ -130,9 +139,36 @@ class Registry:
         """Register a combiner factory ``f(block_dims, label_dims, **options)``."""
         self._add("combiner", name, factory, summary)
 
+    def recipe(self, name: str, cls: type, summary: str | None = None) -> None:
+        """Register a recipe: a :class:`fcrkit.models.Recipe` subclass, called ``cls(adata, **arguments)``.
+
+        The name is what a run config's ``[model] recipe = ...`` and a benchmark's ``[recipes]`` use.
+        """
+        where = self._where()
+        if not isinstance(name, str) or not name.strip():
+            raise PluginError(f"{where} registered a recipe with an invalid name {name!r}: use a non-empty string.")
+        existing = self._recipes.get(name)
+        if existing is not None:
+            raise PluginError(f"{where} registered recipe {name!r}, but plugin {existing.plugin!r} "
+                              f"({existing.origin}) already registered that name. Choose another name.")
+        if not inspect.isclass(cls):
+            raise PluginError(f"{where}: recipe {name!r} is {cls!r}, not a class; register a subclass of "
+                              "fcrkit.models.Recipe.")
+        lacking = [m for m in RECIPE_METHODS if not callable(getattr(cls, m, None))]
+        if lacking:
+            raise PluginError(f"{where}: recipe {name!r} class {cls.__name__} has no {listing(lacking)}; register a "
+                              "subclass of fcrkit.models.Recipe (its build_spec writes the model's spec).")
+        plugin, origin = self._plugin or ("(direct call)", "")
+        self._recipes[name] = ComponentRecord("recipe", name, plugin, summary if summary is not None else _summary(cls),
+                                              cls, origin)
+
+    def _where(self) -> str:
+        plugin, origin = self._plugin or ("(direct call)", "")
+        return f"plugin {plugin!r}" + (f" ({origin})" if origin else "")
+
     def _add(self, kind: str, name: str, factory: Callable[..., Any], summary: str | None) -> None:
         plugin, origin = self._plugin or ("(direct call)", "")
-        where = f"plugin {plugin!r}" + (f" ({origin})" if origin else "")
+        where = self._where()
         if not isinstance(name, str) or not name.strip():
             raise PluginError(f"{where} registered a {kind} with an invalid name {name!r}: use a non-empty string.")
         existing = self._records.get((kind, name))
@@ -219,6 +255,24 @@ class Registry:
             )
         return obj
 
+    def get_recipe(self, name: str) -> ComponentRecord:
+        """The record of recipe ``name`` (its class is ``.factory``); unknown names list the registered ones."""
+        record = self._recipes.get(name)
+        if record is None:
+            available = sorted(self._recipes)
+            raise UnknownComponentError(f"unknown recipe {name!r}.{did_you_mean(name, available)} Available recipes: "
+                                        f"{listing(available)}. Plugins add more; see "
+                                        "`fcrkit components --kind recipe`.")
+        return record
+
+    def recipes(self) -> dict[str, type]:
+        """Every registered recipe class by name, sorted by name."""
+        return {name: self._recipes[name].factory for name in sorted(self._recipes)}
+
+    def recipe_records(self) -> list[ComponentRecord]:
+        """The records of the registered recipes, sorted by name."""
+        return [self._recipes[name] for name in sorted(self._recipes)]
+
     def records(self, kind: str | None = None) -> list[ComponentRecord]:
         """All records (of one ``kind`` if given), ordered by kind then name."""
         if kind is not None:
@@ -252,7 +306,7 @@ class _Plugins:
         self.failures: list[PluginFailure] = []
         self.third_party: set[str] = set()  # plugins from entry points: their errors are recorded, not raised
         self._registry: Registry | None = None
-        for module_name in BUILTIN_PLUGINS:
+        for module_name in (*BUILTIN_PLUGINS, BUILTIN_RECIPES):
             self.add(importlib.import_module(module_name), module_name, builtin_origin())
         if os.environ.get(DISABLE_ENV, "").strip().lower() not in ("1", "true", "yes", "on"):
             self._load_entry_points()
@@ -266,7 +320,8 @@ class _Plugins:
             self.pm.register(plugin, name)
         except pluggy.PluginValidationError as err:
             raise PluginError(f"{where} has an invalid hook: {err}. Hook arguments must match "
-                              "fcrkit.hookspecs (fcrkit_register_components(registry)).") from None
+                              "fcrkit.hookspecs (fcrkit_register_components(registry), "
+                              "fcrkit_register_recipes(registry)).") from None
         except ValueError as err:  # pluggy: this object is already registered under another name
             raise PluginError(f"{where}: {err}.") from None
         known = [n for n in dir(hookspecs) if n.startswith("fcrkit_")]
@@ -279,7 +334,8 @@ class _Plugins:
                 raise PluginError(f"{where} implements unknown hook(s) {listing(unknown)}.{hint} "
                                   f"fcrkit's hooks are {listing(known)}.")
             raise PluginError(f"{where} implements no fcrkit hook: mark its "
-                              "fcrkit_register_components(registry) function with @fcrkit.hookimpl.")
+                              "fcrkit_register_components(registry) (or fcrkit_register_recipes(registry)) "
+                              "function with @fcrkit.hookimpl.")
         self.origins[name] = origin
         self._registry = None
 
@@ -320,7 +376,12 @@ class _Plugins:
     def _build(self) -> Registry:
         registry = Registry()
         failures = list(self.failures)
-        for impl in self.pm.hook.fcrkit_register_components.get_hookimpls():  # registration order
+        failed: set[str] = set()
+        hooks = (self.pm.hook.fcrkit_register_components, self.pm.hook.fcrkit_register_recipes)
+        # components first, then recipes, each in registration order
+        for impl in (impl for hook in hooks for impl in hook.get_hookimpls()):
+            if impl.plugin_name in failed:  # its other hook failed: it contributes nothing
+                continue
             origin = self.origins.get(impl.plugin_name, "")
             with registry._registering_as(impl.plugin_name, origin):
                 try:
@@ -330,8 +391,10 @@ class _Plugins:
                         raise
                     error = str(err) if isinstance(err, PluginError) else f"hook raised {type(err).__name__}: {err}"
                     failures.append(PluginFailure(impl.plugin_name, origin, error))
+                    failed.add(impl.plugin_name)
                     # drop what it registered before failing: a failed plugin contributes nothing
                     registry._records = {k: r for k, r in registry._records.items() if r.plugin != impl.plugin_name}
+                    registry._recipes = {k: r for k, r in registry._recipes.items() if r.plugin != impl.plugin_name}
                     warnings.warn(f"fcrkit plugin {impl.plugin_name!r} ({origin}) failed while "
                                   f"registering components: {error}", PluginLoadWarning, stacklevel=2)
         registry.failures = failures

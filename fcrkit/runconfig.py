@@ -157,11 +157,10 @@ class RunConfig:
 
 
 def recipes() -> dict[str, type]:
-    """The recipe classes of :mod:`fcrkit.models` by class name (FCR, SCVI, BetaVAE ...)."""
-    from fcrkit import models
+    """The registered recipe classes by name: fcrkit's own (FCR, SCVI, BetaVAE ...) and the plugins'."""
+    from fcrkit.registry import get_registry
 
-    return {name: obj for name, obj in vars(models).items()
-            if isinstance(obj, type) and issubclass(obj, models.Recipe) and obj is not models.Recipe}
+    return get_registry().recipes()
 
 
 class _Parser:

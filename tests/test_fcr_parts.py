@@ -185,11 +185,11 @@ def test_condition_kl_sums_the_kl_of_the_averaged_gaussians_over_conditions():
     scale = torch.tensor([[1.0], [1.0], [2.0], [2.0]])
     prior_loc = torch.tensor([[0.0], [0.0], [1.0], [1.0]])
 
-    class Module:  # the priors: N(0, 1) under A, N(1, 1) under B
+    class Parts:  # the priors: N(0, 1) under A, N(1, 1) under B
         def prior_distribution(self, block, labels, n):
             return torch.distributions.Normal(prior_loc, torch.ones_like(prior_loc))
 
-    ctx = Context({"z": loc}, {"z": loc}, {"z": scale}, {"x": x}, torch.arange(4), 4, module=Module())
+    ctx = Context({"z": loc}, {"z": loc}, {"z": scale}, {"x": x}, torch.arange(4), 4, parts=Parts())
     # A: averaged posterior N(1, 1) against N(0, 1): KL = 1/2.
     # B: averaged posterior N(1, 2²) against N(1, 1): KL = log(1/2) + 4/2 - 1/2 = 1.5 - log 2.
     assert float(reg.loss(ctx)) == pytest.approx(0.5 + 1.5 - np.log(2.0), rel=1e-6)
@@ -208,7 +208,7 @@ def test_terms_count_each_cell_once_not_again_as_a_paired_control(world):
         return {k: v[:n] for k, v in d.items()}
 
     own = Context(head(paired.z), head(paired.loc), head(paired.scale), head(paired.labels), paired.index[:n],
-                  world.n_obs, module=model.module)
+                  world.n_obs, module=model.module, parts=model.module)
     keys = ["treatment_classifier", "covariate_classifier", "permutation_t", "permutation_x", "condition_kl",
             "hsic", "tc"]
     for key in keys:

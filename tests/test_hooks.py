@@ -75,7 +75,79 @@ def test_register_components_hook(fcrkit_plugin):
     assert get_registry().get("likelihood", "guide_likelihood").plugin == "guide_plugin"
 
 
-HOOK_TESTS = {"fcrkit_register_components": test_register_components_hook}
+# -- fcrkit_register_recipes ---------------------------------------------------------------------------
+def guide_recipe_plugin() -> types.ModuleType:
+    """The plugin of the guide's ``fcrkit_register_recipes`` section, executed as a module."""
+    text = GUIDE.read_text()
+    section = re.search(r"^### `fcrkit_register_recipes`\n(.*?)(?=^##)", text, re.DOTALL | re.MULTILINE)
+    assert section, "docs/plugins.md has no fcrkit_register_recipes section"
+    code = re.search(r"```python\n(.*?)```", section.group(1), re.DOTALL)
+    assert code, "the fcrkit_register_recipes section of docs/plugins.md has no python example"
+    plugin = types.ModuleType("guide_recipes")
+    plugin.fcrkit = fcrkit
+    exec(compile(code.group(1), "docs/plugins.md (recipes)", "exec"), plugin.__dict__)
+    return plugin
+
+
+def test_register_recipes_hook(fcrkit_plugin, tmp_path):
+    """A plugin's recipe (the guide's example) is registered, named by a run config, trained, saved and loaded."""
+    from fcrkit.runconfig import RunConfig, recipes
+
+    plugin = guide_recipe_plugin()
+    assert "SmallVAE" not in recipes() and "FCR" in recipes()  # the built-ins come through the same hook
+    assert get_registry().get_recipe("FCR").plugin == "fcrkit.models.builtin"
+    registry = fcrkit_plugin(plugin)
+    record = registry.get_recipe("SmallVAE")
+    assert record.plugin == "guide_recipes" and record.factory is plugin.SmallVAE
+    assert recipes()["SmallVAE"] is plugin.SmallVAE
+
+    adata = tiny_adata()
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    config = RunConfig.from_dict({"data": {"path": str(path), "treatment_key": "treatment"},
+                                  "model": {"recipe": "smallvae", "n_latent": 3, "seed": 0},
+                                  "output": {"dir": str(tmp_path / "run")}})
+    assert config.recipe == "SmallVAE" and config.spec.block_dims == {"z": 3}
+    model = config.build_model(adata)
+    assert isinstance(model, plugin.SmallVAE)
+    history = model.train(max_epochs=3, batch_size=128, seed=0, accelerator="cpu")
+    assert history["loss"][-1] < history["loss"][0]
+    model.save(tmp_path / "model")
+    again = plugin.SmallVAE.load(tmp_path / "model", adata)
+    assert (again.get_latent_representation() == model.get_latent_representation()).all()
+
+    with pytest.raises(fcrkit.errors.ConfigError, match="n_hiden.*Did you mean 'n_hidden'"):
+        RunConfig.from_dict({"data": {"path": str(path)}, "model": {"recipe": "SmallVAE", "n_hiden": 3},
+                             "output": {"dir": str(tmp_path / "run")}})
+
+
+def test_recipe_registration_errors_name_the_plugin(fcrkit_registry):
+    """A class without the recipe surface, a non-class or a taken name is refused, naming the plugin."""
+    from fcrkit.errors import PluginError, UnknownComponentError
+
+    class NotARecipe:
+        def train(self):
+            return None
+
+    for cls, problem in ((NotARecipe, "has no 'build_spec'"), (len, "not a class"),
+                         (fcrkit.models.SCVI, "already registered")):
+        plugin = types.SimpleNamespace()
+
+        @fcrkit.hookimpl
+        def fcrkit_register_recipes(registry, cls=cls, name="SCVI" if problem == "already registered" else "Mine"):
+            registry.recipe(name, cls)
+
+        plugin.fcrkit_register_recipes = fcrkit_register_recipes
+        with pytest.raises(PluginError, match=problem) as excinfo:
+            fcrkit.registry.register_plugin(plugin, "bad_recipes")
+        assert "plugin 'bad_recipes'" in str(excinfo.value)
+        assert "bad_recipes" not in fcrkit.registry._state().origins  # left as it was
+    with pytest.raises(UnknownComponentError, match="unknown recipe 'SCV'.*Did you mean 'SCVI'"):
+        get_registry().get_recipe("SCV")
+
+
+HOOK_TESTS = {"fcrkit_register_components": test_register_components_hook,
+              "fcrkit_register_recipes": test_register_recipes_hook}
 
 
 def test_every_hook_is_tested_and_documented():

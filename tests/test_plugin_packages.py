@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from fcrkit.testing import tiny_adata
+
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 
 # distribution -> (plugin module the entry point names, regulariser it registers, its options)
@@ -174,3 +176,57 @@ def test_outside_package_is_listed_with_its_origin_and_a_broken_one_is_named(tmp
         assert {"nb", "zinb", "poisson", "gaussian"} <= set(likelihoods)
     rows = components()
     assert "acme_centered" not in rows and "failed:acme_broken" not in rows
+
+
+def test_outside_package_ships_a_whole_model_that_a_run_config_names(tmp_path):
+    """A recipe registered through ``fcrkit_register_recipes`` by an installed package: listed with its
+    origin, named by ``[model] recipe = ...`` in a run config, and trained by ``fcrkit fit``."""
+    package = write_package(tmp_path, "acme-fcrkit-models", "acme_models", """
+        import fcrkit
+        from fcrkit.models import Recipe
+        from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec
+
+        def acme_vae_spec(n_latent: int = 4, n_hidden: int = 16) -> ModelSpec:
+            mlp = ComponentSpec("mlp", (), {"n_hidden": n_hidden, "n_layers": 1})
+            return ModelSpec(name="acme_vae", blocks=(BlockSpec("z", n_latent, encoder=mlp),), decoder=mlp,
+                             regularizers=(RegularizerSpec("kl"),))
+
+        class AcmeVAE(Recipe):
+            '''A small VAE shipped by Acme.'''
+
+            build_spec = staticmethod(acme_vae_spec)
+
+        @fcrkit.hookimpl
+        def fcrkit_register_recipes(registry):
+            registry.recipe("AcmeVAE", AcmeVAE)
+    """)
+    data = tmp_path / "cells.h5ad"
+    tiny_adata(n_cells=120).write_h5ad(data)
+    config = tmp_path / "run.toml"
+    config.write_text(textwrap.dedent(f"""
+        [data]
+        path = {str(data)!r}
+        treatment_key = "treatment"
+
+        [model]
+        recipe = "AcmeVAE"
+        n_latent = 3
+        seed = 0
+
+        [train]
+        max_epochs = 2
+        batch_size = 64
+        accelerator = "cpu"
+
+        [output]
+        dir = {str(tmp_path / "run")!r}
+    """))
+    with installed(package, names=["acme-fcrkit-models"]):
+        rows = components("recipe")
+        row = rows["AcmeVAE"]
+        assert row["plugin"] == "acme_models" and "acme-fcrkit-models 1.2.3" in row["line"]
+        assert "A small VAE shipped by Acme" in row["line"]
+        assert {"FCR", "SCVI", "ContrastiveVI"} <= set(rows)  # the built-ins, registered by the same hook
+        out = run([sys.executable, "-m", "fcrkit.cli", "fit", str(config)]).stdout
+        assert "recipe AcmeVAE" in out and "trained 2 epochs" in out
+    assert "AcmeVAE" not in components("recipe")

@@ -13,8 +13,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import ClassVar
 
 import pyro.distributions as dist
@@ -24,13 +23,12 @@ from pyro.distributions.transforms import AffineTransform, ExpTransform
 from torch import Tensor, nn
 
 from fcrkit.components.likelihoods import LIBRARY_MIN, Gaussian
-from fcrkit.components.nn import LOGNORM_TARGET_SUM, lognormalize
-from fcrkit.data.loaders import Batch
+from fcrkit.components.nn import LOGNORM_TARGET_SUM, frozen_norm_statistics, lognormalize
 from fcrkit.errors import ConfigError, check_choice, listing
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import Context, InputKind, ModelInfo
 
-__all__ = ["Counterfactual", "LogNormalizedGaussian"]
+__all__ = ["Counterfactual", "LogNormalizedGaussian", "frozen_norm_statistics"]
 
 
 class LogNormalizedGaussian(nn.Module):
@@ -95,23 +93,6 @@ class LogNormalizedGaussian(nn.Module):
         return library * (profile / total)
 
 
-@contextmanager
-def frozen_norm_statistics(module: nn.Module) -> Iterator[None]:
-    """Batch norms still normalise with the batch's statistics, but do not update their running ones.
-
-    Counterfactual inputs (decoded, not observed) must not shift the statistics used at prediction.
-    """
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
-
-
 class Counterfactual:
     """VCI's counterfactual terms: posterior KL to the counterfactual, plus a kernel match of it.
 
@@ -163,23 +144,22 @@ class Counterfactual:
         draw = torch.randint(rows.shape[0] - 1, own.shape, device=t.device)
         return rows.index_select(0, draw + (draw >= own).long())
 
-    def _space(self, values: Tensor, module: nn.Module) -> Tensor:
+    def _space(self, values: Tensor, ctx: Context) -> Tensor:
         space = self.space
         if space == "auto":
-            space = "lognorm" if module.likelihood.input_kind == "counts" else "identity"
+            space = "lognorm" if ctx.input_kind == "counts" else "identity"
         return lognormalize(values) if space == "lognorm" else values
 
     def loss(self, ctx: Context) -> Tensor:
         """VCI's counterfactual KL and matching terms of the minibatch, weighted by ``kl_weight``, ``match_weight``."""
-        module = ctx.module
-        if module is None or ctx.y is None or ctx.library is None:
+        if ctx.parts is None or ctx.y is None or ctx.library is None:
             raise ConfigError("regularizer 'counterfactual' runs the model's parts on the batch's observed cells: "
-                              "its context needs module, y and library.")
+                              "its context needs parts, y and library.")
         labels = dict(ctx.labels)
         counterfactual = {**labels, "t": self.counterfactual_treatments(labels["t"])}
-        with frozen_norm_statistics(module):
-            y_cf = module.decode_mean(ctx.loc, counterfactual, ctx.library)
-            posterior = module.encode(Batch(y_cf.detach(), ctx.library, counterfactual, ctx.index))
+        with ctx.frozen_statistics():  # decoded cells must not move the statistics prediction uses
+            y_cf = ctx.decode(ctx.loc, counterfactual, ctx.library)
+            posterior = ctx.encode(y_cf.detach(), counterfactual)
         kl = sum(torch.distributions.kl_divergence(torch.distributions.Normal(ctx.loc[b], ctx.scale[b]),
                                                    torch.distributions.Normal(*posterior[b])).sum(-1)
                  for b in ctx.loc)
@@ -198,7 +178,7 @@ class Counterfactual:
         matched = n > 0
         if not bool(matched.any()):
             return y_cf.sum() * 0.0
-        v_cf, v_obs = self._space(y_cf, ctx.module), self._space(ctx.y, ctx.module)
+        v_cf, v_obs = self._space(y_cf, ctx), self._space(ctx.y, ctx)
         sq = ((v_cf * v_cf).sum(-1, keepdim=True) + (v_obs * v_obs).sum(-1)[None, :]
               - 2.0 * v_cf @ v_obs.T).clamp_min(0.0)
         scaled = sq / (2.0 * self.bandwidth**2)

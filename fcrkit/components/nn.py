@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -110,3 +111,21 @@ def lognormalize(counts: Tensor, target_sum: float = LOGNORM_TARGET_SUM) -> Tens
     """``log1p(counts / cell total * target_sum)`` per row (a cell of total 0 stays 0)."""
     total = counts.sum(-1, keepdim=True).clamp_min(torch.finfo(counts.dtype).tiny)
     return torch.log1p(counts * (target_sum / total))
+
+
+@contextmanager
+def frozen_norm_statistics(module: nn.Module) -> Iterator[None]:
+    """Batch norms still normalise with the batch's statistics, but do not update their running ones.
+
+    Inputs the model generated itself (a counterfactual, decoded rather than observed) must not shift the
+    statistics used at prediction.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum

@@ -233,7 +233,7 @@ class ConditionKL:
 
         total = torch.zeros((), device=groups.device)
         for block in self.blocks:
-            prior = ctx.module.prior_distribution(block, ctx.labels, len(groups))
+            prior = ctx.prior(block, ctx.labels, len(groups))
             q = torch.distributions.Normal(average(ctx.loc[block]), average(ctx.scale[block]))
             p = torch.distributions.Normal(average(prior.loc.expand_as(ctx.loc[block])),
                                            average(prior.scale.expand_as(ctx.scale[block])))

@@ -14,6 +14,9 @@ Three worlds, all ``latent -> random leaky-ReLU network -> softmax gene fraction
 ``sparse_shift``
     the sVAE world: each treatment shifts 1-3 latents by ±N(5, 0.5), controls none; the true
     targets and shifts are stored for target-identification metrics.
+``contrastive``
+    the contrastiveVI world: background cells with a shared latent only, target cells with a
+    salient latent too (subgroups), for comparative models such as ``ContrastiveVI``.
 
 The pieces they share (the random mixing network, its forward pass, library sizes and the
 observation noise) are the small private functions below.
@@ -143,6 +146,20 @@ def _observe(
     return counts.astype(np.int32)
 
 
+def _nb_cells(rng: np.random.Generator, z: np.ndarray, n_genes: int, library_size: float, dispersion: float,
+              obs: Mapping[str, Any]) -> AnnData:
+    """An AnnData of NB counts from latents ``z``: a random ``d -> 4d -> genes`` leaky-ReLU network to gene
+    fractions, log-normal library sizes, ``obs`` columns, cells ``cell_i`` and genes ``gene_g``."""
+    n_cells, n_latent = z.shape
+    weights = _random_weights(rng, [n_latent, 4 * n_latent, n_genes], gains=[1.0, 1.5])
+    fractions = _softmax(_mlp(z, weights))
+    library = _library_sizes(rng, n_cells, library_size)
+    counts = _observe(rng, fractions, library, "nb", dispersion, library_size)
+    frame = pd.DataFrame(dict(obs), index=[f"cell_{i}" for i in range(n_cells)])
+    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
+    return AnnData(sp.csr_matrix(counts), obs=frame, var=var)
+
+
 def basic(
     n_cells: int = 2000,
     n_genes: int = 200,
@@ -182,20 +199,10 @@ def basic(
     z = type_means[cell_type] + rng.normal(size=(n_cells, n_latent))
     z[treated] += shifts[drug[treated]]
 
-    weights = _random_weights(rng, [n_latent, 4 * n_latent, n_genes], gains=[1.0, 1.5])
-    fractions = _softmax(_mlp(z, weights))
-    library = _library_sizes(rng, n_cells, library_size)
-    counts = _observe(rng, fractions, library, "nb", dispersion, library_size)
-
-    obs = pd.DataFrame(
-        {
-            "cell_type": pd.Categorical([f"type_{k}" for k in cell_type]),
-            "treatment": pd.Categorical(np.where(treated, [f"drug_{d}" for d in drug], "control")),
-        },
-        index=[f"cell_{i}" for i in range(n_cells)],
-    )
-    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
-    adata = AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+    adata = _nb_cells(rng, z, n_genes, library_size, dispersion, {
+        "cell_type": pd.Categorical([f"type_{k}" for k in cell_type]),
+        "treatment": pd.Categorical(np.where(treated, [f"drug_{d}" for d in drug], "control")),
+    })
     adata.obsm["z_true"] = z.astype(np.float32)
     adata.uns["simulation"] = {"kind": "basic", "seed": seed, "treatment_targets": mask.astype(np.int8)}
     return adata
@@ -638,4 +645,96 @@ def sparse_shift(
         "targets": targets,
         "shifts": shifts,
     }
+    return adata
+
+
+def _group_means(rng: np.random.Generator, n_groups: int, dim: int, distance: float) -> np.ndarray:
+    """Means of ``n_groups`` groups in ``dim`` dimensions: ``distance / sqrt(2)`` times ``e_1, e_2, ..., -e_1,
+    -e_2, ...`` (so the first ``2 * dim`` groups are each at least ``distance`` apart), randomly rotated;
+    groups beyond ``2 * dim`` get random means of the same norm."""
+    axes = np.vstack([np.eye(dim), -np.eye(dim)])[:n_groups]
+    extra = rng.normal(size=(max(n_groups - 2 * dim, 0), dim))
+    extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+    rotation = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    return distance / np.sqrt(2.0) * np.vstack([axes, extra]) @ rotation
+
+
+def contrastive(
+    n_cells: int = 2000,
+    n_genes: int = 100,
+    *,
+    n_shared: int = 4,
+    n_salient: int = 2,
+    n_cell_types: int = 3,
+    n_subgroups: int = 2,
+    target_fraction: float = 0.5,
+    separation: float = 3.0,
+    library_size: float = 2000.0,
+    dispersion: float = 5.0,
+    seed: int = 0,
+) -> AnnData:
+    """A contrastive world: background cells with shared structure only, target cells with salient structure too.
+
+    **Shared structure.** Every cell has a cell type ``c`` (``obs["cell_type"]``, ``n_cell_types``
+    levels, uniform) and a shared latent ``z_shared ~ N(mu_c, I)``; the means ``mu_c`` are ``separation``
+    apart (``separation / sqrt(2)`` times distinct signed unit vectors, randomly rotated; beyond
+    ``2 * n_shared`` levels, random vectors of that norm).
+
+    **Salient structure.** A fraction ``target_fraction`` of the cells are targets
+    (``obs["condition"] = "target"``, the others ``"background"``); a target cell belongs to a subgroup
+    ``s`` (``obs["subgroup"]``, ``n_subgroups`` levels, uniform, independent of the cell type) and has
+    ``z_salient ~ N(nu_s, I)`` with means ``nu_s`` placed alike; background cells have
+    ``z_salient = 0`` (subgroup ``"none"``): the comparative model of contrastiveVI (Weinberger et al.,
+    Nat Methods 2023) and Lopez et al. (CLeaR 2024).
+
+    **Observations.** Gene fractions ``softmax(W2 leaky_relu(W1 [z_shared, z_salient]))`` (a random
+    network with ``4 * (n_shared + n_salient)`` hidden units), library sizes log-normal around
+    ``library_size``, ``y ~ NB(mean = library * fractions, theta = dispersion)``.
+
+    Set it up with ``fcrkit.setup_anndata(adata, treatment_key="condition", control_value="background")``:
+    the background cells are the controls.
+
+    Args:
+        n_cells: number of cells.
+        n_genes: number of genes.
+        n_shared: dimension of the shared latent.
+        n_salient: dimension of the salient latent.
+        n_cell_types: levels of the shared cluster label.
+        n_subgroups: levels of the target cells' salient subgroup label.
+        target_fraction: expected fraction of target cells, in ``(0, 1)``.
+        separation: distance between the means of two cell types, or of two subgroups (in units of the
+            within-group standard deviation).
+        library_size: typical total counts per cell.
+        dispersion: NB inverse dispersion.
+        seed: seed of everything.
+
+    Returns:
+        An AnnData with CSR integer counts in ``X``, ``obs["condition"]``, ``obs["cell_type"]``,
+        ``obs["subgroup"]``, and the true latents in ``obsm["z_shared"]`` and ``obsm["z_salient"]``.
+    """
+    _check_positive(n_cells=n_cells, n_genes=n_genes, n_shared=n_shared, n_salient=n_salient,
+                    n_cell_types=n_cell_types, n_subgroups=n_subgroups)
+    _check_positive_real(separation=separation, library_size=library_size, dispersion=dispersion)
+    if not 0.0 < target_fraction < 1.0:
+        raise ConfigError(f"simulate: target_fraction={target_fraction!r} must be in (0, 1): the model needs "
+                          "background and target cells.")
+    rng = np.random.default_rng(seed)
+    cell_type = rng.integers(n_cell_types, size=n_cells)
+    target = rng.random(n_cells) < target_fraction
+    subgroup = np.where(target, rng.integers(n_subgroups, size=n_cells), -1)
+
+    type_means = _group_means(rng, n_cell_types, n_shared, separation)
+    subgroup_means = _group_means(rng, n_subgroups, n_salient, separation)
+    z_shared = type_means[cell_type] + rng.normal(size=(n_cells, n_shared))
+    z_salient = np.zeros((n_cells, n_salient))
+    z_salient[target] = subgroup_means[subgroup[target]] + rng.normal(size=(int(target.sum()), n_salient))
+
+    adata = _nb_cells(rng, np.hstack([z_shared, z_salient]), n_genes, library_size, dispersion, {
+        "condition": pd.Categorical(np.where(target, "target", "background"), categories=["background", "target"]),
+        "cell_type": pd.Categorical([f"type_{k}" for k in cell_type]),
+        "subgroup": pd.Categorical(np.where(target, [f"group_{s}" for s in subgroup], "none")),
+    })
+    adata.obsm["z_shared"] = z_shared.astype(np.float32)
+    adata.obsm["z_salient"] = z_salient.astype(np.float32)
+    adata.uns["simulation"] = {"kind": "contrastive", "seed": int(seed)}
     return adata

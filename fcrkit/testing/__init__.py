@@ -19,7 +19,7 @@ This module does not import pytest: the conformance check works in any test runn
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anndata import AnnData
@@ -27,8 +27,11 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 
 from fcrkit.errors import PluginError
-from fcrkit.protocols import KINDS, Context, ModelInfo
+from fcrkit.protocols import KINDS, Context, ModelInfo, ModelParts
 from fcrkit.registry import Registry, get_registry
+
+if TYPE_CHECKING:
+    from fcrkit.model import GenerativeModel
 
 __all__ = ["ConformanceError", "check_component", "random_context", "random_labels", "tiny_adata"]
 
@@ -53,10 +56,12 @@ def random_labels(label_dims: Mapping[str, int], n: int, generator: torch.Genera
     return labels
 
 
-def random_context(info: ModelInfo, n: int = N_CELLS, *, pairs: int = 0, seed: int = 0) -> Context:
+def random_context(info: ModelInfo, n: int = N_CELLS, *, pairs: int = 0, seed: int = 0,
+                   parts: ModelParts | None = None) -> Context:
     """A minibatch :class:`~fcrkit.protocols.Context` with random latents that require gradients.
 
-    Its observed values ``y`` are Poisson(3) counts, ``library`` their row sums.
+    Its observed values ``y`` are Poisson(3) counts, ``library`` their row sums. ``parts`` are the model
+    parts its ``prior``, ``decode`` and ``encode`` run (e.g. ``model.module``; None: none, and those raise).
 
     With ``pairs > 0`` the first ``pairs`` cells are followed by their ``pairs`` "controls" (labels
     with ``t = 0`` and the same ``x``), as control pairing lays out a batch.
@@ -71,7 +76,7 @@ def random_context(info: ModelInfo, n: int = N_CELLS, *, pairs: int = 0, seed: i
     z = {b: loc[b] + scale[b] * torch.randn(n, d, generator=generator) for b, d in info.block_dims.items()}
     y = torch.poisson(torch.full((n, info.n_genes), 3.0), generator=generator)
     return Context(z=z, loc=loc, scale=scale, labels=labels, index=torch.arange(n), n_obs=10 * n, pairs=pairs,
-                   y=y, library=y.sum(-1, keepdim=True))
+                   y=y, library=y.sum(-1, keepdim=True), parts=parts)
 
 
 def check_component(
@@ -90,7 +95,8 @@ def check_component(
     built object honours its kind's protocol, and what it returns on random inputs: shapes, finite
     values, positive scales, gradients reaching the inputs and parameters, and for a regulariser
     with an adversary, that the adversary learns on detached latents only. A regulariser's context
-    carries a small model (``ctx.module``) whose blocks have conditional Gaussian priors, or ``prior``.
+    carries a small model (``ctx.parts``, run through ``ctx.prior``, ``ctx.decode`` and ``ctx.encode``)
+    whose blocks have conditional Gaussian priors, or ``prior``.
 
     Args:
         kind: ``"encoder"``, ``"prior"``, ``"decoder"``, ``"likelihood"``, ``"regularizer"``,
@@ -100,7 +106,7 @@ def check_component(
         block_dims: the blocks of the model a regulariser joins; by default ``x, t, tx``.
         label_dims: the labels of the model a regulariser (or a conditioned part) joins; by default
             ``x`` (3 levels) and ``t`` (2 treatments).
-        prior: for a regulariser that runs the model's priors (``ctx.module``): the prior of every
+        prior: for a regulariser that runs the model's priors (``ctx.prior``): the prior of every
             block of the small model it is given, as a spec entry (``{"name": "sparse_shift",
             "conditions": ["t"]}``); default: conditional Gaussians on every label.
         seed: seed of the random inputs.
@@ -283,7 +289,8 @@ def _check_regularizer(reg: Any, labels: dict, args: tuple, generator: torch.Gen
         return problems
     pairs = N_CELLS // 2 if getattr(reg, "needs_control_pairing", False) else 0
     ctx = random_context(info, pairs=pairs, seed=int(torch.randint(2**31, (1,), generator=generator)))
-    ctx.module = _module_for(info, args[1])  # for regularisers that run the model's parts (its priors, say)
+    # for regularisers that run the model's parts (its priors, say): the parts, and the module that holds them
+    ctx.parts = ctx.module = _module_for(info, args[1])
     loss = reg.loss(ctx)
     problems += _shape_problems("loss(ctx)", loss, ())
     if problems:
@@ -303,7 +310,7 @@ def _check_regularizer(reg: Any, labels: dict, args: tuple, generator: torch.Gen
     return problems
 
 
-def _module_for(info: ModelInfo, prior_entry: Any = None) -> nn.Module:
+def _module_for(info: ModelInfo, prior_entry: Any = None) -> GenerativeModel:
     """A small generic model with ``info``'s blocks, each with a prior conditioned on every label (or
     the prior ``prior_entry``, a spec entry)."""
     from fcrkit.model import GenerativeModel
