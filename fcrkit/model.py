@@ -104,7 +104,6 @@ class GenerativeModel(nn.Module):
         self.encoders = nn.ModuleDict()
         self.posteriors = nn.ModuleDict()
         self.globals = nn.ModuleDict()
-        self.global_dims = dict(spec.global_block_dims)
         self.global_plates: dict[str, str] = {}
         n_latent = sum(spec.cell_block_dims.values())
         for block in spec.blocks:
@@ -192,9 +191,9 @@ class GenerativeModel(nn.Module):
     def model(self, batch: Batch, n_obs: int) -> None:
         """p(y, z | labels) for the cells of ``batch``; ``n_obs`` is the plate size (training cells)."""
         n = batch.y.shape[0]
-        labels = dict(batch.labels)
+        labels, plates = dict(batch.labels), {}
         for name in self.globals:  # in spec order: a global prior may read earlier global blocks
-            labels[name] = self._global_site(name, lambda name=name: self._sample_prior(
+            labels[name] = self._global_site(name, plates, lambda name=name: self._sample_prior(
                 name, self.priors[name], labels, self.globals[name].loc.shape[0]))
         with pyro.plate("cells", n_obs, subsample=batch.index):
             z = {name: self._sample_prior(name, self.priors[name], labels, n) for name in self.spec.cell_block_dims}
@@ -203,12 +202,19 @@ class GenerativeModel(nn.Module):
                                   self.labels_for("decoder", labels))
             pyro.sample("y", self.likelihood.distribution(params, batch.library), obs=batch.y)
 
-    def _global_site(self, name: str, sample: Callable[[], Tensor]) -> Tensor:
-        """Global block ``name``'s value: ``sample()`` in its plate, or its fixed value (no site)."""
+    def _global_site(self, name: str, plates: dict[str, pyro.plate], sample: Callable[[], Tensor]) -> Tensor:
+        """Global block ``name``'s value: ``sample()`` in its plate, or its fixed value (no site).
+
+        ``plates`` holds the plates this run of the program has made: blocks over the same label share
+        one (a plate is a site of its own, made once per run).
+        """
         params = self.globals[name]
         if params.is_fixed:
             return params.fixed_value
-        with pyro.plate(PLATE_NAMES[self.global_plates[name]], params.loc.shape[0]):
+        label = self.global_plates[name]
+        if label not in plates:
+            plates[label] = pyro.plate(PLATE_NAMES[label], params.loc.shape[0])
+        with plates[label]:
             return sample()
 
     def _sample_prior(self, name: str, prior: nn.Module, labels: Labels, n: int) -> Tensor:
@@ -220,9 +226,10 @@ class GenerativeModel(nn.Module):
 
     def guide(self, batch: Batch, n_obs: int) -> None:
         """q(z | y, labels) for the cells of ``batch``, after q of the global blocks."""
+        plates: dict[str, pyro.plate] = {}
         for name, params in self.globals.items():
             family = self.posteriors[name]
-            self._global_site(name, lambda name=name, p=params, f=family: pyro.sample(
+            self._global_site(name, plates, lambda name=name, p=params, f=family: pyro.sample(
                 name, f.distribution(p.loc, p.scale)))
         posterior = self.encode(batch)
         with pyro.plate("cells", n_obs, subsample=batch.index):
