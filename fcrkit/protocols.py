@@ -9,6 +9,9 @@ Labels
     per cell: ``"x"`` the covariates (one-hot per covariate column, concatenated) and ``"t"`` the
     treatment (dose-weighted multi-hot over the treatment vocabulary; controls are all zeros).
     A component only sees the conditions its spec entry lists; ``label_dims`` gives their widths.
+    A condition may also name a *global* block (``plate = "t"`` or ``"x"``): its value is then a
+    ``(vocabulary, dim)`` tensor, one row per treatment or covariate level (not one per cell), and
+    ``label_dims`` gives its ``dim``.
 
 ============  ========================================================  =============================
 kind          factory call                                              object
@@ -128,8 +131,11 @@ class Decoder(Protocol):
 class Combiner(Protocol):
     """How the latent blocks reach the decoder: ``comb(z, labels) -> (B, n_output)``.
 
-    ``z`` maps each block's name to its value ``(B, dim)`` (with particles, extra leading dimensions);
-    ``n_output`` is the width of the tensor it returns (the decoder's input width).
+    ``z`` maps each block's name to its value ``(B, dim)`` (with particles, extra leading dimensions),
+    and each global block's name to its ``(vocabulary, dim)`` value; the factory's ``block_dims`` are
+    the per-cell blocks (a combiner that reads a global block lists it among its conditions, so that
+    ``label_dims`` gives its width). ``n_output`` is the width of the tensor it returns (the
+    decoder's input width).
     """
 
     n_output: int
@@ -166,7 +172,7 @@ class ModelInfo:
     """What a regulariser factory is told about the model it joins.
 
     Attributes:
-        block_dims: the latent blocks and their sizes.
+        block_dims: the per-cell latent blocks and their sizes (what ``ctx.z`` holds).
         label_dims: the width of each label (``"x"``, ``"t"``).
         n_genes: the number of genes.
         label_groups: for a label that is one-hot per column (the covariates ``"x"``, one column per
@@ -179,6 +185,8 @@ class ModelInfo:
     label_dims: Mapping[str, int]
     n_genes: int
     label_groups: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    #: the global blocks (one row per vocabulary entry) and their sizes (what ``ctx.globals`` holds)
+    global_dims: Mapping[str, int] = field(default_factory=dict)
 
 
 class BlockMoments(dict):
@@ -262,6 +270,10 @@ class Context:
             terms that compare generated with observed cells); None where no data are at hand.
         parts: the model's parts a regulariser may run (:class:`ModelParts`), through the methods
             below; None where no model is at hand (then those methods raise a ConfigError).
+        globals: the value of each global block at this step, ``(vocabulary, dim)`` (read off the
+            guide's trace; a block fixed by ``fix_global`` gives its fixed value).
+        global_loc: for each global block that is a site, what its posterior family exposes as
+            ``loc`` (a Normal's means, a relaxed Bernoulli mask's probabilities), ``(vocabulary, dim)``.
     """
 
     z: dict[str, Tensor]
@@ -277,6 +289,8 @@ class Context:
     y: Tensor | None = field(default=None, repr=False)
     library: Tensor | None = field(default=None, repr=False)
     parts: ModelParts | None = field(default=None, repr=False)
+    globals: dict[str, Tensor] = field(default_factory=dict)
+    global_loc: dict[str, Tensor] = field(default_factory=dict)
 
     def _parts(self, what: str) -> ModelParts:
         if self.parts is None:
@@ -343,7 +357,8 @@ class Context:
                 return d.map(Tensor.detach)
             return {k: v.detach() for k, v in d.items()}
 
-        return replace(self, z=cut(self.z), loc=cut(self.loc), scale=cut(self.scale))
+        return replace(self, z=cut(self.z), loc=cut(self.loc), scale=cut(self.scale), globals=cut(self.globals),
+                       global_loc=cut(self.global_loc))
 
 
 @runtime_checkable
