@@ -30,6 +30,7 @@ from pyro.poutine import Trace
 from torch import Tensor, nn
 
 from fcrkit.components.nn import lognormalize
+from fcrkit.data.labels import select_labels
 from fcrkit.data.loaders import Batch
 from fcrkit.errors import ConfigError, listing
 from fcrkit.protocols import BlockMoments, Context, Labels, ModelInfo
@@ -116,9 +117,9 @@ class GenerativeModel(nn.Module):
         dims = {c: self.label_dims[c] for c in comp.conditions}
         return registry.build(kind, comp.name, *args, dims, **comp.options)
 
-    def labels_for(self, key: str, labels: Labels) -> dict[str, Tensor]:
+    def labels_for(self, key: str, labels: Labels) -> Labels:
         """The labels component ``key`` (e.g. ``"z.encoder"``) sees."""
-        return {c: labels[c] for c in self._conditions[key]}
+        return select_labels(labels, self._conditions[key])  # index form kept: no dense (B, vocabulary) copy
 
     def inputs(self, y: Tensor) -> Tensor:
         """What the encoders see of the data."""
