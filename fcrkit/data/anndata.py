@@ -196,13 +196,19 @@ class AnnDataSetup:
         if self.dose_key is not None:
             arrays.append(self._dose_values(obs, arrays[0]))
         codes, pairs, first = _factorize_rows(arrays)
-        self._check_known_treatments(label for label, *_ in pairs)
+        parts = [split_treatment(label, self.treatment_key) for label, *_ in pairs]
+        self._check_known_treatments(parts)
         position = {name: j for j, name in enumerate(self.treatments)}
-        rows = []  # the entries of each distinct (label, dose): a few per row, never a row of the vocabulary
-        for row, (label, *dose) in enumerate(pairs):
-            parts = self._dosed_parts(label, dose[0] if dose else 1.0, obs.index[first[row]])
-            rows.append([(position[part], amount) for part, amount in parts])
-        table = EncodedLabel.from_rows(rows, len(self.treatments))
+        cells = obs.index[first]  # a cell of each distinct (label, dose), for messages
+        rows, columns, values = [], [], []  # the entries of each distinct (label, dose): never a vocabulary row
+        for row, ((label, *dose), names) in enumerate(zip(pairs, parts, strict=True)):
+            doses = parse_dose(dose[0] if dose else 1.0, len(names), label=label, column=self.dose_key, cell=cells[row])
+            for name, amount in zip(names, doses, strict=True):
+                if name != self.control_value:
+                    rows.append(row)
+                    columns.append(position[name])
+                    values.append(amount)
+        table = EncodedLabel.from_entries(rows, columns, values, len(pairs), len(self.treatments))
         return EncodedLabel(table.index[codes], table.value[codes], table.width)
 
     def _dose_values(self, obs: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
@@ -227,15 +233,10 @@ class AnnDataSetup:
             column = column.where(~missing, 0)  # a control's dose is never used
         return _dose_array(column)
 
-    def _dosed_parts(self, label: str, dose: Any, cell: Any) -> Iterator[tuple[str, float]]:
-        """The (treatment, dose) pairs of one label, controls left out."""
-        parts = split_treatment(label, self.treatment_key)
-        doses = parse_dose(dose, len(parts), label=label, column=self.dose_key, cell=cell)
-        return ((p, d) for p, d in zip(parts, doses) if p != self.control_value)
-
-    def _check_known_treatments(self, labels: Iterable[str]) -> None:
+    def _check_known_treatments(self, parts: Iterable[tuple[str, ...]]) -> None:
+        """Refuse a treatment part (of the split labels ``parts``) that setup_anndata did not see."""
         known = set(self.treatments) | {self.control_value}
-        seen = {p for label in labels for p in split_treatment(label, self.treatment_key)}
+        seen = {p for label in parts for p in label}
         unseen = seen - known
         if unseen:
             raise DataError(

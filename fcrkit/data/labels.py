@@ -51,20 +51,29 @@ class EncodedLabel:
     width: int
 
     @classmethod
-    def from_rows(cls, rows: list[list[tuple[int, float]]], width: int) -> EncodedLabel:
-        """From each row's ``(position, value)`` pairs (zero values are dropped, repeated positions summed)."""
-        merged = []
-        for row in rows:
-            sums: dict[int, float] = {}
-            for position, value in row:
-                sums[int(position)] = sums.get(int(position), 0.0) + float(value)
-            merged.append(sorted((p, v) for p, v in sums.items() if v != 0))
-        k = max((len(row) for row in merged), default=0)
-        index = np.full((len(merged), k), PAD, dtype=np.int64)
-        value = np.zeros((len(merged), k), dtype=np.float32)
-        for i, row in enumerate(merged):
-            if row:
-                index[i, : len(row)], value[i, : len(row)] = zip(*row, strict=True)
+    def from_entries(cls, rows: Any, positions: Any, values: Any, n_rows: int, width: int) -> EncodedLabel:
+        """From parallel 1-D arrays of entries: row ``rows[i]`` has ``values[i]`` at ``positions[i]``.
+
+        Entries repeated at one (row, position) are summed (``A+A`` is ``2 × A``, as in the dense sum);
+        entries whose value is then 0 are dropped (a dose of 0 adds nothing). Vectorised: no Python loop
+        over cells or over the vocabulary.
+        """
+        rows, positions = np.asarray(rows, dtype=np.int64), np.asarray(positions, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        order = np.lexsort((positions, rows))
+        rows, positions, values = rows[order], positions[order], values[order]
+        if rows.size:
+            first = np.r_[True, (rows[1:] != rows[:-1]) | (positions[1:] != positions[:-1])]
+            values = np.bincount(np.cumsum(first) - 1, weights=values)
+            rows, positions = rows[first], positions[first]
+        kept = values != 0
+        rows, positions, values = rows[kept], positions[kept], values[kept]
+        counts = np.bincount(rows, minlength=n_rows)
+        k = int(counts.max()) if n_rows else 0
+        slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)  # rank within its row
+        index = np.full((n_rows, k), PAD, dtype=np.int64)
+        value = np.zeros((n_rows, k), dtype=np.float32)
+        index[rows, slot], value[rows, slot] = positions, values
         return cls(index, value, int(width))
 
     @classmethod
@@ -75,15 +84,8 @@ class EncodedLabel:
             array = array[:, None]
         if array.ndim != 2:
             raise DataError(f"a dense label must be a (cells, width) array, got shape {array.shape}.")
-        present = array != 0
-        k = int(present.sum(1).max()) if array.size else 0
-        slot = np.cumsum(present, axis=1) - 1  # each non-zero entry's slot in its row
-        rows, columns = np.nonzero(present)
-        index = np.full((array.shape[0], k), PAD, dtype=np.int64)
-        value = np.zeros((array.shape[0], k), dtype=np.float32)
-        index[rows, slot[rows, columns]] = columns
-        value[rows, slot[rows, columns]] = array[rows, columns]
-        return cls(index, value, array.shape[1])
+        rows, columns = np.nonzero(array)
+        return cls.from_entries(rows, columns, array[rows, columns], array.shape[0], array.shape[1])
 
     @property
     def shape(self) -> tuple[int, int]:
