@@ -15,7 +15,8 @@ Columns: ``label_mb`` the stored labels of the data (indices and doses), ``dense
 registering the data and building the model, ``epoch_s`` one training epoch (validation included).
 Each child runs under an address-space limit (``--memory-limit-gb``) so that a model that would need a
 ``cells x perturbations`` or ``batch x perturbations x dims`` tensor fails with an error instead of
-exhausting the machine.
+exhausting the machine, and is stopped after ``--timeout`` seconds (the row then gives the peak RSS it
+had reached, read from ``/proc``, and says so).
 
     python benchmarks/many_perturbations.py [--perturbations 1000 10000 20000] [--cells 50000]
                                             [--models sparse_additive SAMSVAE SVAE] [--out many.csv]
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--memory-limit-gb", type=float, default=8.0, help="address-space limit of each child")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each child")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before a child is stopped")
     parser.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -71,15 +73,33 @@ def _run(args: argparse.Namespace, name: str, size: int) -> dict:
                "--genes", str(args.genes), "--latent", str(args.latent), "--batch-size", str(args.batch_size),
                "--memory-limit-gb", str(args.memory_limit_gb), "--threads", str(args.threads)]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode or not lines:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        row = {"model": name, "perturbations": size, "status": f"failed (exit {done.returncode}): {last[:120]}"}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = child.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        peak = _peak_of(child.pid)
+        child.kill()
+        child.communicate()
+        return {"model": name, "perturbations": size, "cells": args.cells, "peak_rss_gb": peak,
+                "status": f"stopped after {args.timeout:.0f} s (epoch unfinished; peak RSS so far)"}
+    lines = out.strip().splitlines()
+    if child.returncode or not lines:
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        row = {"model": name, "perturbations": size, "status": f"failed (exit {child.returncode}): {last[:120]}"}
     else:
         row = json.loads(lines[-1])
     print(f"  {row} ({time.perf_counter() - start:.0f} s)", flush=True)
     return row
+
+
+def _peak_of(pid: int) -> float:
+    """Peak RSS in GB of a running process (Linux VmHWM), NaN where unknown."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            line = next(line for line in status if line.startswith("VmHWM"))
+        return round(int(line.split()[1]) / 1e6, 3)
+    except (OSError, StopIteration):
+        return float("nan")
 
 
 def simulate(n_cells: int, n_genes: int, n_perturbations: int, *, seed: int = 0):

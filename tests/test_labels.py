@@ -8,9 +8,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pyro.poutine as poutine
+import pytest
 import torch
 
 import fcrkit
+from fcrkit.components.cpa import AdditiveEmbeddingDecoder
 from fcrkit.data import Batch, CellData, setup_anndata
 from fcrkit.data.labels import IndexedLabels, treatment_entries
 
@@ -93,3 +95,20 @@ def test_a_sparse_additive_model_reads_the_treatments_without_a_dense_batch_row(
     poutine.trace(model.module.model).get_trace(batch, small_adata.n_obs)
     poutine.trace(model.module.guide).get_trace(batch, small_adata.n_obs)
     assert "t" not in batch.labels._dense  # no (B, treatments) view was built: entries came from the indices
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "mlp", "linear"])
+def test_cpa_treatment_shift_sums_the_entries_as_the_dense_dose_response_product(kind: str) -> None:
+    adata, _ = hand_built()
+    setup = setup_anndata(adata, treatment_key="drug", dose_key="dose", covariate_keys="line")
+    decoder = AdditiveEmbeddingDecoder(4, 2, ["mu"], setup.label_dims, dose_response=kind, n_hidden=8)
+    with torch.no_grad():  # curves that differ per treatment
+        for parameter in decoder.dose_response.parameters():
+            parameter.normal_(generator=torch.Generator().manual_seed(3))
+    batch = CellData.from_anndata(adata, setup).batch([3, 0, 1, 4, 5, 2])
+    t, x = batch.labels["t"].clone(), batch.labels["x"].clone()
+    expected = decoder.dose_response(t) @ decoder.treatment_embedding + x @ decoder.covariate_embedding
+    labels = batch.labels.subset(["t", "x"])
+    labels._dense.pop("t")  # read the treatments from the indices again
+    torch.testing.assert_close(decoder.shift(labels, 6), expected)
+    assert "t" not in labels._dense  # no (cells, treatments) row was built for the sum
