@@ -96,7 +96,7 @@ def _hand_fcr(adata, device: str) -> Callable:
     model = fcrkit.models.FCR(adata, seed=0)
     module = model.module.to(device)
     module.train()
-    labels = {k: torch.as_tensor(v, dtype=torch.float32, device=device)
+    labels = {k: torch.as_tensor(v.dense(), device=device)  # the hand-written twin reads dense labels
               for k, v in model.setup.encode_labels(adata.obs).items()}
     dense, library = _dense(adata, device)
     sampler = ControlPairing.from_anndata(adata, model.setup).sampler(torch.arange(adata.n_obs), torch.device(device))

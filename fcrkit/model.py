@@ -42,6 +42,7 @@ from pyro.poutine import Trace
 from torch import Tensor, nn
 
 from fcrkit.components.nn import frozen_norm_statistics, lognormalize
+from fcrkit.data.labels import select_labels, with_values
 from fcrkit.data.loaders import Batch
 from fcrkit.errors import ConfigError, listing
 from fcrkit.protocols import BlockMoments, Context, InputKind, Labels, ModelInfo
@@ -171,16 +172,15 @@ class GenerativeModel(nn.Module):
         dims = {c: widths[c] for c in comp.conditions}
         return registry.build(kind, comp.name, *args, dims, **comp.options)
 
-    def labels_for(self, key: str, labels: Labels) -> dict[str, Tensor]:
+    def labels_for(self, key: str, labels: Labels) -> Labels:
         """The labels component ``key`` (e.g. ``"z.encoder"``) sees.
 
         A global block it reads that ``labels`` lacks (outside the model and guide: ``predict``,
         ``decode_mean``) is its posterior point (:meth:`global_points`).
         """
-        out = {}
-        for c in self._conditions[key]:
-            out[c] = labels[c] if c in labels else self.global_point(c)
-        return out
+        conditions = self._conditions[key]
+        lacking = {c: self.global_point(c) for c in conditions if c not in labels}
+        return select_labels(with_values(labels, lacking) if lacking else labels, conditions)
 
     def inputs(self, y: Tensor) -> Tensor:
         """What the encoders see of the data."""
@@ -192,10 +192,11 @@ class GenerativeModel(nn.Module):
     def model(self, batch: Batch, n_obs: int) -> None:
         """p(y, z | labels) for the cells of ``batch``; ``n_obs`` is the plate size (training cells)."""
         n = batch.y.shape[0]
-        labels, plates = dict(batch.labels), {}
+        labels, plates = batch.labels, {}
         for name in self.globals:  # in spec order: a global prior may read earlier global blocks
-            labels[name] = self._global_site(name, plates, lambda name=name: self._sample_prior(
+            value = self._global_site(name, plates, lambda name=name, labels=labels: self._sample_prior(
                 name, self.priors[name], labels, self.globals[name].loc.shape[0]))
+            labels = with_values(labels, {name: value})
         with pyro.plate("cells", n_obs, subsample=batch.index):
             z = {name: self._sample_prior(name, self.priors[name], labels, n) for name in self.spec.cell_block_dims}
             z.update({name: labels[name] for name in self.globals})

@@ -140,7 +140,7 @@ def test_generic_predict_decodes_the_basal_state_with_the_target_treatment_and_d
     # expected counts with each cell's library: the decoder's mean under the target labels
     library = torch.as_tensor(np.asarray(controls.X.sum(1)), dtype=torch.float32).reshape(-1, 1)
     z = torch.as_tensor(model.get_latent_representation(controls))
-    x = torch.as_tensor(model.setup.encode_labels(controls.obs)["x"])
+    x = torch.as_tensor(model.setup.encode_labels(controls.obs)["x"].dense())
     t = torch.zeros(len(controls), 2)
     t[:, 0] = 1.0
     with torch.no_grad():

@@ -111,7 +111,7 @@ def test_categorical_and_numeric_columns_become_string_levels() -> None:
     setup = setup_anndata(adata, treatment_key="drug", covariate_keys=["line"], control_value="0")
     assert setup.treatments == ("7",)
     assert setup.covariate_levels == {"line": ("1", "2", "3")}
-    labels = setup.encode_labels(adata.obs)
+    labels = {key: label.dense() for key, label in setup.encode_labels(adata.obs).items()}
     np.testing.assert_array_equal(labels["t"][:, 0], [0, 1, 1, 0])
     np.testing.assert_array_equal(labels["x"].argmax(1), [2, 0, 2, 1])
 
@@ -530,7 +530,7 @@ def test_perturbench_string_doses_and_combinations() -> None:
         control_value="control",
     )
     assert setup.label_dims == {"x": 4, "t": 31}
-    t = setup.encode_labels(adata.obs)["t"]
+    t = setup.encode_labels(adata.obs)["t"].dense()
     labels = adata.obs["perturbation"].astype(str).to_numpy()
     n_parts = np.char.count(labels.astype(str), "+") + 1
     expected_total = np.where(labels == "control", 0, n_parts)

@@ -144,7 +144,7 @@ def dosed(doses: list[float | None], treatments: list[str]) -> ad.AnnData:
 def test_controls_need_no_dose_but_treated_cells_do():
     adata = dosed([np.nan, None, 0.5, 2.0], ["control", "control", "drug", "drug+control"])
     setup = fcrkit.setup_anndata(adata, treatment_key="treatment", dose_key="dose")
-    np.testing.assert_array_equal(setup.encode_labels(adata.obs)["t"][:, 0], [0.0, 0.0, 0.5, 2.0])
+    np.testing.assert_array_equal(setup.encode_labels(adata.obs)["t"].dense()[:, 0], [0.0, 0.0, 0.5, 2.0])
     bad = dosed([np.nan, np.nan, 0.5], ["control", "drug", "drug"])
     with pytest.raises(DataError) as caught:
         fcrkit.setup_anndata(bad, treatment_key="treatment", dose_key="dose")

@@ -134,7 +134,7 @@ def test_hand_written_fcr_step_is_the_fcr_recipe_step(pinned_randomness):
     loss = trainer.step(data.gather(cells), adata.n_obs, EPOCH, torch.Generator().manual_seed(0))["loss"]
 
     both = data.gather(torch.cat([cells, partners]))
-    labels = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in model.setup.encode_labels(adata.obs).items()}
+    labels = {k: torch.as_tensor(v.dense()) for k, v in model.setup.encode_labels(adata.obs).items()}
     index = torch.cat([cells, partners])
     optimizer, adversaries = handwritten.fcr_optimizers(twin)
     weights = {k: v for k, v in DEFAULT_WEIGHTS.items() if k not in ("kl", "condition_kl")}

@@ -219,7 +219,7 @@ def test_setup_anndata_accepts_the_output(world):
     setup = fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["covariate"])
     assert setup.treatments == ("drug_0", "drug_1", "drug_2")
     assert setup.covariate_levels == {"covariate": ("cov_0", "cov_1", "cov_2")}
-    labels = setup.encode_labels(adata.obs)
+    labels = {key: label.dense() for key, label in setup.encode_labels(adata.obs).items()}
     control = (adata.obs["treatment"] == "control").to_numpy()
     assert labels["t"].shape == (N_CELLS, 3) and not labels["t"][control].any()
     assert (labels["t"][~control].sum(axis=1) == 1).all()

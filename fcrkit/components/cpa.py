@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from fcrkit.components.decoders import MLPDecoder
 from fcrkit.components.nn import mlp, mlp_width
 from fcrkit.components.structure import _check_blocks, _check_label
+from fcrkit.data.labels import treatment_entries
 from fcrkit.errors import ConfigError, check_choice
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import Context, LabelDims, Labels, ModelInfo
@@ -72,21 +73,28 @@ class DoseResponse(nn.Module):
             self.c = nn.Parameter(torch.randn(n_treatments, n_hidden) * 0.5)
             self.v = nn.Parameter(torch.randn(n_treatments, n_hidden) * 0.5 - 1.0)
 
-    def _curve(self, doses: Tensor) -> Tensor:
-        """The un-normalised ``g_d`` at ``doses`` (any leading shape, last dimension the treatments)."""
-        if self.kind == "sigmoid":
-            beta = F.softplus(self.beta)
-            return torch.sigmoid(beta * torch.log1p(doses) + self.bias) - torch.sigmoid(self.bias)
-        w, v = F.softplus(self.w), F.softplus(self.v)  # (n_treatments, n_hidden)
-        at_dose = torch.tanh(doses.unsqueeze(-1) * w + self.c)
-        return ((at_dose - torch.tanh(self.c)) * v).sum(-1)
+    def _curve(self, doses: Tensor, treatments: Tensor | None = None) -> Tensor:
+        """The un-normalised ``g_d`` at ``doses``: last dimension the treatments, or entries of ``treatments``."""
+        def pick(parameter: Tensor) -> Tensor:  # the curves of the entries' treatments, or all of them
+            return parameter if treatments is None else parameter.index_select(0, treatments)
 
-    def forward(self, doses: Tensor) -> Tensor:
-        """Each treatment's dose-response ``f_d(dose_d)``, normalised to 1 at the reference dose."""
+        if self.kind == "sigmoid":
+            beta, bias = F.softplus(pick(self.beta)), pick(self.bias)
+            return torch.sigmoid(beta * torch.log1p(doses) + bias) - torch.sigmoid(bias)
+        w, v, c = F.softplus(pick(self.w)), F.softplus(pick(self.v)), pick(self.c)  # (treatments, n_hidden)
+        at_dose = torch.tanh(doses.unsqueeze(-1) * w + c)
+        return ((at_dose - torch.tanh(c)) * v).sum(-1)
+
+    def forward(self, doses: Tensor, treatments: Tensor | None = None) -> Tensor:
+        """Each treatment's dose-response ``f_d(dose_d)``, normalised to 1 at the reference dose.
+
+        ``doses`` is ``(B, n_treatments)``, or with ``treatments`` the 1-D doses of entries whose
+        treatments ``treatments`` gives (see :func:`~fcrkit.data.labels.treatment_entries`).
+        """
         if self.kind == "linear":
             return doses / self.reference_dose
-        reference = self._curve(doses.new_full(doses.shape[-1:], self.reference_dose))  # g_d(reference), > 0
-        return self._curve(doses) / reference.clamp_min(1e-6)
+        reference = self._curve(doses.new_full(doses.shape[-1:], self.reference_dose), treatments)  # > 0
+        return self._curve(doses, treatments) / reference.clamp_min(1e-6)
 
 
 class AdditiveEmbeddingDecoder(nn.Module):
@@ -135,18 +143,24 @@ class AdditiveEmbeddingDecoder(nn.Module):
         if "x" in label_dims:
             self.covariate_embedding = nn.Parameter(torch.randn(label_dims["x"], n_input))
 
-    def shift(self, labels: Labels) -> Tensor | float:
-        """The embeddings added to the basal latent: ``Σ_d f_d(dose_d) e_d + Σ_k E_k[x_k]``."""
+    def shift(self, labels: Labels, n_cells: int) -> Tensor | float:
+        """The embeddings added to the basal latent of ``n_cells`` cells: ``Σ_d f_d(dose_d) e_d + Σ_k E_k[x_k]``.
+
+        The treatment term is summed over the cells' treatment entries only (``f_d(0) = 0``): no
+        ``(cells, treatments)`` tensor.
+        """
         shift: Tensor | float = 0.0
         if self.treatment_embedding is not None:
-            shift = shift + self.dose_response(labels["t"]) @ self.treatment_embedding
+            cells, treatments, doses = treatment_entries(labels)
+            terms = self.dose_response(doses, treatments).unsqueeze(-1) * self.treatment_embedding[treatments]
+            shift = terms.new_zeros(n_cells, terms.shape[-1]).index_add(0, cells, terms)
         if self.covariate_embedding is not None:
             shift = shift + labels["x"] @ self.covariate_embedding
         return shift
 
     def forward(self, z: Tensor, labels: Labels) -> dict[str, Tensor]:
         """Decode ``z`` plus the treatment and covariate embeddings of ``labels``."""
-        return self.mlp(z + self.shift(labels), {})
+        return self.mlp(z + self.shift(labels, z.shape[0]), {})
 
 
 class AdversarialClassifier(nn.Module):

@@ -14,7 +14,9 @@ arrays described in :mod:`fcrkit.protocols` ("Labels"):
     so controls have ``t = 0``. Without a dose column every dose is 1. A numeric dose applies to
     every part of a combination; a string dose such as ``"1.0+0.5"`` gives one dose per part.
 
-A condition whose width would be 0 (no covariates, no treatment vocabulary) is left out.
+A condition whose width would be 0 (no covariates, no treatment vocabulary) is left out. Each
+label is held as indices and values (:class:`~fcrkit.data.labels.EncodedLabel`), never as the dense
+cells x vocabulary matrix above, which ``np.asarray(label)`` builds on request.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from fcrkit.data.disk import DiskMatrix, disk_matrix
+from fcrkit.data.labels import EncodedLabel
 from fcrkit.errors import ConfigError, DataError, did_you_mean, listing
 
 #: Key of ``adata.uns`` that holds the registered setup.
@@ -130,8 +133,12 @@ class AnnDataSetup:
             covariate_levels=dict(d.get("covariate_levels", {})),
         )
 
-    def encode_labels(self, obs: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Encode the label columns of ``obs`` as float32 arrays ``{"x": (n, n_x), "t": (n, n_t)}``.
+    def encode_labels(self, obs: pd.DataFrame) -> dict[str, EncodedLabel]:
+        """Encode the label columns of ``obs``: ``{"x": ..., "t": ...}``, each an :class:`EncodedLabel`.
+
+        ``"x"`` holds one entry per covariate column (value 1), ``"t"`` one per treatment part (its
+        dose); their dense forms (``np.asarray``) are the ``(n, n_x)`` and ``(n, n_t)`` float32
+        arrays of the module docstring, which are never built here.
 
         Raises:
             DataError: a column is missing or has missing values, a covariate level or treatment
@@ -142,7 +149,7 @@ class AnnDataSetup:
             labels["x"] = self._encode_covariates(obs)
         if self.treatments:
             labels["t"] = self._encode_treatments(obs)
-        return {key: value for key, value in labels.items() if value.shape[1]}
+        return {key: value for key, value in labels.items() if value.width}
 
     def condition_codes(self, obs: pd.DataFrame) -> np.ndarray:
         """An int64 id per cell of its (covariates..., treatment label) combination.
@@ -161,11 +168,14 @@ class AnnDataSetup:
 
     # -- covariates -------------------------------------------------------------------------------
 
-    def _encode_covariates(self, obs: pd.DataFrame) -> np.ndarray:
-        blocks = [self._one_hot(obs, key) for key in self.covariate_keys]
-        return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
+    def _encode_covariates(self, obs: pd.DataFrame) -> EncodedLabel:
+        offsets = np.cumsum([0, *(len(self.covariate_levels[key]) for key in self.covariate_keys)])
+        codes = [self._codes(obs, key) + offset for key, offset in zip(self.covariate_keys, offsets, strict=False)]
+        index = np.stack(codes, axis=1).astype(np.int64, copy=False)
+        return EncodedLabel(index, np.ones(index.shape, dtype=np.float32), int(offsets[-1]))
 
-    def _one_hot(self, obs: pd.DataFrame, key: str) -> np.ndarray:
+    def _codes(self, obs: pd.DataFrame, key: str) -> np.ndarray:
+        """Each cell's position among the levels of covariate ``key``."""
         levels = self.covariate_levels[key]
         values = _label_strings(obs, key, "covariate")
         codes = pd.Categorical(values, categories=levels).codes
@@ -176,24 +186,30 @@ class AnnDataSetup:
                 f"setup_anndata (known levels: {listing(levels)}). Set up the model on data that "
                 "contains them, or drop those cells."
             )
-        return np.eye(len(levels), dtype=np.float32)[codes]
+        return codes.astype(np.int64)
 
     # -- treatments -------------------------------------------------------------------------------
 
-    def _encode_treatments(self, obs: pd.DataFrame) -> np.ndarray:
+    def _encode_treatments(self, obs: pd.DataFrame) -> EncodedLabel:
         assert self.treatment_key is not None
         arrays = [_label_strings(obs, self.treatment_key, "treatment")]
         if self.dose_key is not None:
             arrays.append(self._dose_values(obs, arrays[0]))
         codes, pairs, first = _factorize_rows(arrays)
-        self._check_known_treatments(label for label, *_ in pairs)
+        parts = [split_treatment(label, self.treatment_key) for label, *_ in pairs]
+        self._check_known_treatments(parts)
         position = {name: j for j, name in enumerate(self.treatments)}
-        table = np.zeros((len(pairs), len(self.treatments)), dtype=np.float32)
-        for row, (label, *dose) in enumerate(pairs):
-            cell = obs.index[first[row]]
-            for part, amount in self._dosed_parts(label, dose[0] if dose else 1.0, cell):
-                table[row, position[part]] += amount
-        return table[codes]
+        cells = obs.index[first]  # a cell of each distinct (label, dose), for messages
+        rows, columns, values = [], [], []  # the entries of each distinct (label, dose): never a vocabulary row
+        for row, ((label, *dose), names) in enumerate(zip(pairs, parts, strict=True)):
+            doses = parse_dose(dose[0] if dose else 1.0, len(names), label=label, column=self.dose_key, cell=cells[row])
+            for name, amount in zip(names, doses, strict=True):
+                if name != self.control_value:
+                    rows.append(row)
+                    columns.append(position[name])
+                    values.append(amount)
+        table = EncodedLabel.from_entries(rows, columns, values, len(pairs), len(self.treatments))
+        return EncodedLabel(table.index[codes], table.value[codes], table.width)
 
     def _dose_values(self, obs: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
         """The doses of the cells with treatment ``labels``; a control's may be missing: controls need no dose."""
@@ -217,15 +233,10 @@ class AnnDataSetup:
             column = column.where(~missing, 0)  # a control's dose is never used
         return _dose_array(column)
 
-    def _dosed_parts(self, label: str, dose: Any, cell: Any) -> Iterator[tuple[str, float]]:
-        """The (treatment, dose) pairs of one label, controls left out."""
-        parts = split_treatment(label, self.treatment_key)
-        doses = parse_dose(dose, len(parts), label=label, column=self.dose_key, cell=cell)
-        return ((p, d) for p, d in zip(parts, doses) if p != self.control_value)
-
-    def _check_known_treatments(self, labels: Iterable[str]) -> None:
+    def _check_known_treatments(self, parts: Iterable[tuple[str, ...]]) -> None:
+        """Refuse a treatment part (of the split labels ``parts``) that setup_anndata did not see."""
         known = set(self.treatments) | {self.control_value}
-        seen = {p for label in labels for p in split_treatment(label, self.treatment_key)}
+        seen = {p for label in parts for p in label}
         unseen = seen - known
         if unseen:
             raise DataError(

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from fcrkit.data.anndata import AnnDataSetup, get_matrix
 from fcrkit.data.disk import DiskMatrix, disk_matrix
+from fcrkit.data.labels import EncodedLabel, IndexedLabels
 from fcrkit.data.loaders import Batch, CellData, _CSRRows, _DenseRows, _to_tensor, batch_sizes
 from fcrkit.errors import ConfigError
 
@@ -97,7 +98,7 @@ class BackedCellData(CellData):
     def __init__(
         self,
         matrix: DiskMatrix,
-        labels: Mapping[str, np.ndarray],
+        labels: Mapping[str, EncodedLabel | np.ndarray],
         device: str | torch.device = "cpu",
         *,
         chunk_cells: int | None = None,
@@ -111,7 +112,7 @@ class BackedCellData(CellData):
         self.chunk_cells = chunk_cells if chunk_cells is not None else default_chunk_cells(matrix)
         self._rows = _DiskRows(matrix)  # CellData.gather reads through it
         self.library = _to_tensor(matrix.row_sums(), self.device)
-        self.labels = {key: self._label_tensor(key, value) for key, value in labels.items()}
+        self.labels = IndexedLabels.from_encoded(labels, self.n_obs, self.device)
 
     def __repr__(self) -> str:
         kind = "CSR" if self.is_sparse else "dense"
@@ -191,7 +192,7 @@ class BackedCellData(CellData):
         return Batch(
             y=parts[0] if len(parts) == 1 else torch.cat(parts),
             library=self.library.index_select(0, index),
-            labels={key: value.index_select(0, index) for key, value in self.labels.items()},
+            labels=self.labels.take(index),
             index=index,
         )
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from fcrkit.data.anndata import AnnDataSetup, as_matrix, get_matrix
 from fcrkit.data.disk import row_sums
+from fcrkit.data.labels import EncodedLabel, IndexedLabels
 from fcrkit.errors import ConfigError, DataError
 
 #: Keep the matrix on the GPU only if it takes at most this fraction of the free GPU memory.
@@ -63,13 +64,15 @@ class Batch:
     Attributes:
         y: ``(B, G)`` float32 data values.
         library: ``(B, 1)`` float32 total of each cell's row over all genes of the matrix.
-        labels: ``{"x": (B, n_x), "t": (B, n_t)}`` float32, the keys that ``encode_labels`` gave.
+        labels: the keys that ``encode_labels`` gave, held as indices and values
+            (:class:`~fcrkit.data.labels.IndexedLabels`); ``labels["x"]`` and ``labels["t"]`` are
+            the dense ``(B, n_x)`` and ``(B, n_t)`` float32 views, built on first access.
         index: ``(B,)`` int64 row numbers of the cells within the :class:`CellData`.
     """
 
     y: Tensor
     library: Tensor
-    labels: dict[str, Tensor]
+    labels: IndexedLabels
     index: Tensor
 
     @staticmethod
@@ -78,7 +81,7 @@ class Batch:
         return Batch(
             y=torch.cat([first.y, second.y]),
             library=torch.cat([first.library, second.library]),
-            labels={k: torch.cat([v, second.labels[k]]) for k, v in first.labels.items()},
+            labels=IndexedLabels.concat(first.labels, second.labels),
             index=torch.cat([first.index, second.index]),
         )
 
@@ -90,8 +93,8 @@ class CellData:
         matrix: dense ndarray or scipy CSR matrix of any numeric dtype (other sparse formats are
             converted to CSR). On CPU a float32 C-contiguous ndarray is shared, not copied: do not
             modify it while the CellData is in use.
-        labels: encoded labels, each an array with one row per cell (see
-            :meth:`AnnDataSetup.encode_labels`).
+        labels: encoded labels, one row per cell (see :meth:`AnnDataSetup.encode_labels`); a
+            dense ``(cells, width)`` array is accepted too, and stored as its non-zero entries.
         device: where the batches are produced (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
 
     Attributes:
@@ -99,12 +102,14 @@ class CellData:
         device: the device of every :class:`Batch`.
         storage_device: where the matrix is kept (differs from ``device`` only for a matrix too
             large for the GPU, see the module docstring).
-        labels: the encoded labels, ``(n_obs, width)`` float32 tensors on ``device``.
+        labels: the encoded labels as index and value tensors on ``device``
+            (:class:`~fcrkit.data.labels.IndexedLabels`: ``O(cells × entries per cell)`` memory,
+            never ``cells × vocabulary``).
         library: ``(n_obs, 1)`` float32 row totals on ``device``.
     """
 
     def __init__(
-        self, matrix: Any, labels: Mapping[str, np.ndarray], device: str | torch.device = "cpu"
+        self, matrix: Any, labels: Mapping[str, EncodedLabel | np.ndarray], device: str | torch.device = "cpu"
     ):
         matrix = as_matrix(matrix)
         self.n_obs, self.n_genes = (int(n) for n in matrix.shape)
@@ -115,7 +120,7 @@ class CellData:
         rows_type = _CSRRows if self.is_sparse else _DenseRows
         self._rows: _DenseRows | _CSRRows = rows_type(matrix, self.storage_device, pin=pin)
         self.library = _to_tensor(_row_sums(matrix), self.device)
-        self.labels = {key: self._label_tensor(key, value) for key, value in labels.items()}
+        self.labels = IndexedLabels.from_encoded(labels, self.n_obs, self.device)
 
     @classmethod
     def from_anndata(
@@ -132,7 +137,7 @@ class CellData:
         kind = "CSR" if self.is_sparse else "dense"
         return (
             f"CellData({self.n_obs} cells x {self.n_genes} genes, {kind}, device={self.device}, "
-            f"labels={ {k: v.shape[1] for k, v in self.labels.items()} })"
+            f"labels={self.labels.widths})"
         )
 
     def batch(self, index: Any) -> Batch:
@@ -174,7 +179,7 @@ class CellData:
         return Batch(
             y=self._rows.rows(index, self.device),
             library=self.library.index_select(0, index),
-            labels={key: value.index_select(0, index) for key, value in self.labels.items()},
+            labels=self.labels.take(index),
             index=index,
         )
 
@@ -197,16 +202,6 @@ class CellData:
     def _permutation(self, n: int, generator: torch.Generator | None) -> Tensor:
         device = generator.device if generator is not None else self.device
         return torch.randperm(n, generator=generator, device=device).to(self.device)
-
-    def _label_tensor(self, key: str, value: np.ndarray) -> Tensor:
-        array = np.asarray(value, dtype=np.float32)
-        if array.ndim == 1:
-            array = array[:, None]
-        if array.ndim != 2 or array.shape[0] != self.n_obs:
-            raise DataError(
-                f"labels[{key!r}] has shape {array.shape}; expected one row per cell ({self.n_obs})."
-            )
-        return _to_tensor(array, self.device)
 
 
 class _DenseRows:

@@ -39,7 +39,7 @@ class ControlPairing:
             raise ConfigError(f"control pairing mode {mode!r} is not one of 'covariates', 'any'.")
         if setup.treatment_key is None:
             raise ConfigError("control pairing needs a treatment: pass treatment_key to fcrkit.setup_anndata.")
-        is_control = setup.encode_labels(adata.obs)["t"].sum(axis=1) == 0 if "t" in setup.label_dims \
+        is_control = setup.encode_labels(adata.obs)["t"].counts() == 0 if "t" in setup.label_dims \
             else np.ones(adata.n_obs, dtype=bool)
         if mode == "any" or not setup.covariate_keys:
             return cls(np.zeros(adata.n_obs, dtype=np.int64), is_control, ["all cells"])

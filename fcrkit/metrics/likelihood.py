@@ -26,6 +26,7 @@ from anndata import AnnData
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from fcrkit.data.labels import take_rows
 from fcrkit.data.loaders import Batch
 from fcrkit.errors import ConfigError, DataError
 
@@ -39,7 +40,8 @@ def _log_weights(module: Any, batch: Batch, k: int, n_obs: int) -> torch.Tensor:
     """``log p(y, z) - log q(z | y)`` for ``k`` guide draws of each cell of ``batch``, ``(k, B)``."""
     n = batch.y.shape[0]
     rep = Batch(y=batch.y.repeat(k, 1), library=batch.library.repeat(k, 1),
-                labels={key: v.repeat(k, 1) for key, v in batch.labels.items()}, index=batch.index.repeat(k))
+                labels=take_rows(batch.labels, torch.arange(n, device=batch.index.device).repeat(k)),
+                index=batch.index.repeat(k))
     # global blocks (one row per treatment, shared by every cell) are held at their posterior point: the
     # bounds are per cell, given them (as sVAE reports them, its masks and shifts being point estimates)
     points = module.global_points() if getattr(module, "globals", None) else {}

@@ -32,6 +32,7 @@ from fcrkit.data.anndata import (
     split_treatment,
 )
 from fcrkit.data.backed import cell_data
+from fcrkit.data.labels import IndexedLabels, take_rows
 from fcrkit.data.loaders import Batch, CellData
 from fcrkit.data.pairing import ControlPairing
 from fcrkit.errors import (
@@ -444,21 +445,21 @@ class Model:
             obs[self.setup.dose_key] = dose
         return obs
 
-    def _target_labels(self, adata: AnnData, treatment: str, dose: float | str) -> dict[str, torch.Tensor]:
+    def _target_labels(self, adata: AnnData, treatment: str, dose: float | str) -> IndexedLabels:
         """The labels of the cells of ``adata`` with their treatment set to ``treatment`` at ``dose``."""
         device = next(self.module.parameters()).device
         encoded = self.setup.encode_labels(self._target_obs(adata, treatment, dose))
-        return {k: torch.as_tensor(v, device=device) for k, v in encoded.items()}
+        return IndexedLabels.from_encoded(encoded, adata.n_obs, device)  # indices: no cells x treatments matrix
 
     @torch.no_grad()
-    def _decode_cells(self, adata: AnnData, decode: Callable[[Batch, dict[str, torch.Tensor]], torch.Tensor],
+    def _decode_cells(self, adata: AnnData, decode: Callable[[Batch, Mapping[str, torch.Tensor]], torch.Tensor],
                       target: Mapping[str, torch.Tensor], batch_size: int) -> np.ndarray:
         """``decode(batch, the batch's rows of target)`` over the cells of ``adata``, concatenated."""
         data = self._cell_data(adata)
         self.module.eval()
         out = []
         for batch in data.iter_batches(torch.arange(data.n_obs, device=data.device), batch_size, shuffle=False):
-            labels = {k: v.index_select(0, batch.index) for k, v in target.items()}
+            labels = take_rows(target, batch.index)
             out.append(decode(batch, labels).cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
