@@ -16,16 +16,27 @@ A prior may itself be a small Pyro program (a ``sample(name, labels, n)`` method
 whose component is a discrete site summed out by ``TraceEnum_ELBO``); otherwise its
 ``distribution`` is sampled at the block's site.
 
+Global blocks (``plate = "t"`` or ``"x"``, see :class:`~fcrkit.spec.BlockSpec`) come first, each
+in a plate over its label's vocabulary, outside the cells plate (so Pyro does not rescale them by
+the minibatch's subsampling: they count once per step, as in the whole-data ELBO)::
+
+    g ~ prior_g(labels, earlier global blocks)          (V rows, one per vocabulary entry)
+    g ~ posterior_g(loc_g, scale_g)                     (guide: parameters of the model, V x dim each)
+
+A component that lists a global block's name among its conditions finds its ``(V, dim)`` value in
+``labels[name]``; the combiner finds every block, global ones included, in its ``z``.
+
 Components are looked up in the registry by name; each sees only the labels its spec lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.poutine import Trace
 from torch import Tensor, nn
 
@@ -35,6 +46,33 @@ from fcrkit.errors import ConfigError, listing
 from fcrkit.protocols import BlockMoments, Context, Labels, ModelInfo
 from fcrkit.registry import Registry, get_registry
 from fcrkit.spec import ComponentSpec, ModelSpec
+
+#: The name of each global plate (``BlockSpec.plate``) in the Pyro program.
+PLATE_NAMES: dict[str, str] = {"t": "treatments", "x": "covariates"}
+_LABEL_ARGUMENT = {"x": "covariate_keys", "t": "treatment_key"}
+
+
+class GlobalParameters(nn.Module):
+    """The variational parameters of one global block: a ``(loc, scale)`` row per vocabulary entry.
+
+    ``loc`` starts at ``init_loc`` and ``scale`` at ``init_scale`` (kept positive by a softplus).
+    A block can be *fixed* at a value (:meth:`GenerativeModel.fix_global`): it is then no site of
+    the model or the guide, only a constant; the fixed value and the flag are buffers, saved with
+    the weights.
+    """
+
+    def __init__(self, rows: int, dim: int, init_loc: float = 0.0, init_scale: float = 0.1):
+        super().__init__()
+        self.loc = nn.Parameter(torch.full((rows, dim), float(init_loc)))
+        raw = torch.tensor(float(init_scale)).expm1().log()  # softplus^-1
+        self.raw_scale = nn.Parameter(torch.full((rows, dim), float(raw)))
+        self.register_buffer("fixed_value", torch.zeros(rows, dim))
+        self.register_buffer("is_fixed", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def scale(self) -> Tensor:
+        """The positive scale parameters, ``(rows, dim)``."""
+        return F.softplus(self.raw_scale) + 1e-6
 
 
 class GenerativeModel(nn.Module):
@@ -65,12 +103,26 @@ class GenerativeModel(nn.Module):
         self.priors = nn.ModuleDict()
         self.encoders = nn.ModuleDict()
         self.posteriors = nn.ModuleDict()
-        n_latent = sum(spec.block_dims.values())
+        self.globals = nn.ModuleDict()
+        self.global_dims = dict(spec.global_block_dims)
+        self.global_plates: dict[str, str] = {}
+        n_latent = sum(spec.cell_block_dims.values())
         for block in spec.blocks:
+            if block.is_global and block.plate not in self.label_dims:
+                raise ConfigError(
+                    f"block {block.name!r} is global over label {block.plate!r} (plate={block.plate!r}), but the data "
+                    f"has no such labels: pass {_LABEL_ARGUMENT[block.plate]} to fcrkit.setup_anndata."
+                )
             self.priors[block.name] = self._build(registry, "prior", block.prior, f"{block.name}.prior", block.dim)
             self.posteriors[block.name] = registry.build("posterior", block.posterior.name, block.dim,
                                                          **block.posterior.options)
-            if spec.joint_encoder is None:
+            if block.is_global:
+                family = self.posteriors[block.name]
+                self.global_plates[block.name] = block.plate
+                self.globals[block.name] = GlobalParameters(
+                    self.label_dims[block.plate], block.dim, getattr(family, "init_loc", 0.0),
+                    getattr(family, "init_scale", 0.1))
+            elif spec.joint_encoder is None:
                 self.encoders[block.name] = self._build(
                     registry, "encoder", block.encoder, f"{block.name}.encoder", self.n_genes, block.dim
                 )
@@ -81,13 +133,15 @@ class GenerativeModel(nn.Module):
             self.encoders["joint"] = self._build(
                 registry, "encoder", spec.joint_encoder, "joint.encoder", self.n_genes, n_latent
             )
-        self.combiner = self._build(registry, "combiner", spec.combiner, "combiner", spec.block_dims)
+        # the combiner is built for the per-cell blocks; it reads global ones from z (and, to learn their
+        # widths, from its conditions)
+        self.combiner = self._build(registry, "combiner", spec.combiner, "combiner", spec.cell_block_dims)
         self.decoder = self._build(
             registry, "decoder", spec.decoder, "decoder", self.combiner.n_output, self.n_genes,
             tuple(self.likelihood.heads)
         )
         groups = {k: tuple(int(w) for w in v) for k, v in (label_groups or {}).items()}
-        info = ModelInfo(spec.block_dims, self.label_dims, self.n_genes, groups)
+        info = ModelInfo(spec.cell_block_dims, self.label_dims, self.n_genes, groups, spec.global_block_dims)
         self.regularizers: dict[str, object] = {r.key: registry.build("regularizer", r.name, info, **r.options)
                                                 for r in spec.regularizers}
         needs_pairs = [k for k, r in self.regularizers.items() if getattr(r, "needs_control_pairing", False)]
@@ -105,20 +159,28 @@ class GenerativeModel(nn.Module):
         self.encoder_input = transform
 
     def _build(self, registry: Registry, kind: str, comp: ComponentSpec, key: str, *args: object) -> nn.Module:
-        missing = [c for c in comp.conditions if c not in self.label_dims]
+        # a global block a component reads has the width of its rows (its dim)
+        widths = {**self.label_dims, **self.spec.global_block_dims}
+        missing = [c for c in comp.conditions if c not in widths]
         if missing:
-            what = {"x": "covariate_keys", "t": "treatment_key"}
             raise ConfigError(
                 f"{kind} {comp.name!r} ({key}) conditions on {listing(missing)}, but the data has no such "
-                f"labels: pass {' and '.join(what[m] for m in missing)} to fcrkit.setup_anndata."
+                f"labels: pass {' and '.join(_LABEL_ARGUMENT[m] for m in missing)} to fcrkit.setup_anndata."
             )
         self._conditions[key] = comp.conditions
-        dims = {c: self.label_dims[c] for c in comp.conditions}
+        dims = {c: widths[c] for c in comp.conditions}
         return registry.build(kind, comp.name, *args, dims, **comp.options)
 
     def labels_for(self, key: str, labels: Labels) -> dict[str, Tensor]:
-        """The labels component ``key`` (e.g. ``"z.encoder"``) sees."""
-        return {c: labels[c] for c in self._conditions[key]}
+        """The labels component ``key`` (e.g. ``"z.encoder"``) sees.
+
+        A global block it reads that ``labels`` lacks (outside the model and guide: ``predict``,
+        ``decode_mean``) is its posterior point (:meth:`global_points`).
+        """
+        out = {}
+        for c in self._conditions[key]:
+            out[c] = labels[c] if c in labels else self.global_point(c)
+        return out
 
     def inputs(self, y: Tensor) -> Tensor:
         """What the encoders see of the data."""
@@ -130,11 +192,24 @@ class GenerativeModel(nn.Module):
     def model(self, batch: Batch, n_obs: int) -> None:
         """p(y, z | labels) for the cells of ``batch``; ``n_obs`` is the plate size (training cells)."""
         n = batch.y.shape[0]
+        labels = dict(batch.labels)
+        for name in self.globals:  # in spec order: a global prior may read earlier global blocks
+            labels[name] = self._global_site(name, lambda name=name: self._sample_prior(
+                name, self.priors[name], labels, self.globals[name].loc.shape[0]))
         with pyro.plate("cells", n_obs, subsample=batch.index):
-            z = {name: self._sample_prior(name, prior, batch.labels, n) for name, prior in self.priors.items()}
-            params = self.decoder(self.combiner(z, self.labels_for("combiner", batch.labels)),
-                                  self.labels_for("decoder", batch.labels))
+            z = {name: self._sample_prior(name, self.priors[name], labels, n) for name in self.spec.cell_block_dims}
+            z.update({name: labels[name] for name in self.globals})
+            params = self.decoder(self.combiner(z, self.labels_for("combiner", labels)),
+                                  self.labels_for("decoder", labels))
             pyro.sample("y", self.likelihood.distribution(params, batch.library), obs=batch.y)
+
+    def _global_site(self, name: str, sample: Callable[[], Tensor]) -> Tensor:
+        """Global block ``name``'s value: ``sample()`` in its plate, or its fixed value (no site)."""
+        params = self.globals[name]
+        if params.is_fixed:
+            return params.fixed_value
+        with pyro.plate(PLATE_NAMES[self.global_plates[name]], params.loc.shape[0]):
+            return sample()
 
     def _sample_prior(self, name: str, prior: nn.Module, labels: Labels, n: int) -> Tensor:
         """Block ``name``'s site: the prior's own program if it has one, else a draw of its distribution."""
@@ -144,7 +219,11 @@ class GenerativeModel(nn.Module):
         return pyro.sample(name, prior.distribution(labels, n))
 
     def guide(self, batch: Batch, n_obs: int) -> None:
-        """q(z | y, labels) for the cells of ``batch``."""
+        """q(z | y, labels) for the cells of ``batch``, after q of the global blocks."""
+        for name, params in self.globals.items():
+            family = self.posteriors[name]
+            self._global_site(name, lambda name=name, p=params, f=family: pyro.sample(
+                name, f.distribution(p.loc, p.scale)))
         posterior = self.encode(batch)
         with pyro.plate("cells", n_obs, subsample=batch.index):
             for name, (loc, scale) in posterior.items():
@@ -163,8 +242,9 @@ class GenerativeModel(nn.Module):
             return {name: enc(y, self.labels_for(f"{name}.encoder", batch.labels))
                     for name, enc in self.encoders.items()}
         loc, scale = self.encoders["joint"](y, self.labels_for("joint.encoder", batch.labels))
-        sizes = list(self.spec.block_dims.values())
-        return {name: (l, s) for name, l, s in zip(self.spec.block_dims, loc.split(sizes, -1), scale.split(sizes, -1))}
+        dims = self.spec.cell_block_dims
+        sizes = list(dims.values())
+        return {name: (l, s) for name, l, s in zip(dims, loc.split(sizes, -1), scale.split(sizes, -1))}
 
     def latent(self, batch: Batch, *, mean: bool = True) -> dict[str, Tensor]:
         """Each block's value for the cells of ``batch``: its posterior family's point (the mean of a
@@ -174,6 +254,45 @@ class GenerativeModel(nn.Module):
             family = self.posteriors[name]
             out[name] = family.point(loc, scale) if mean else family.distribution(loc, scale).sample()
         return out
+
+    # -- global blocks ----------------------------------------------------------------------------------
+    def global_point(self, name: str) -> Tensor:
+        """Global block ``name``'s representative value ``(V, dim)``: its posterior family's point (or
+        its fixed value)."""
+        params = self.globals[name]
+        if params.is_fixed:
+            return params.fixed_value
+        return self.posteriors[name].point(params.loc, params.scale)
+
+    def global_points(self) -> dict[str, Tensor]:
+        """:meth:`global_point` of every global block, by name."""
+        return {name: self.global_point(name) for name in self.globals}
+
+    def global_moments(self, name: str) -> dict[str, Tensor]:
+        """What global block ``name``'s posterior family exposes of it (``loc``, ``scale``), ``(V, dim)`` each;
+        a fixed block: its value as ``loc``."""
+        params = self.globals[name]
+        if params.is_fixed:
+            return {"loc": params.fixed_value}
+        return self.posteriors[name].read_moments(self.posteriors[name].distribution(params.loc, params.scale))
+
+    @torch.no_grad()
+    def fix_global(self, name: str, value: Tensor | None) -> None:
+        """Fix global block ``name`` at ``value`` ``(V, dim)``: no longer a site, only a constant of the model
+        (its prior and posterior terms leave the objective); ``value=None`` frees it again."""
+        if name not in self.globals:
+            raise ConfigError(f"fix_global(): {name!r} is not a global block of model {self.spec.name!r} "
+                              f"(global blocks: {listing(list(self.globals)) or 'none'}).")
+        params = self.globals[name]
+        if value is None:
+            params.is_fixed.fill_(False)
+            return
+        value = torch.as_tensor(value, dtype=params.fixed_value.dtype, device=params.fixed_value.device)
+        if value.shape != params.fixed_value.shape:
+            raise ConfigError(f"fix_global(): block {name!r} takes a value of shape {tuple(params.fixed_value.shape)}, "
+                              f"got {tuple(value.shape)}.")
+        params.fixed_value.copy_(value)
+        params.is_fixed.fill_(True)
 
     def prior_distribution(self, block: str, labels: Labels, n: int) -> dist.Distribution:
         """The prior of ``block`` for ``n`` cells with ``labels``, without its ``to_event`` wrapper."""
@@ -186,6 +305,7 @@ class GenerativeModel(nn.Module):
         With ``sample``, a draw from the likelihood instead (from torch's global random stream); draws of a
         count likelihood are clipped at 0 (``lognorm_gaussian`` puts a little mass below 0).
         """
+        z = {**self.global_points(), **z}  # the combiner reads global blocks from z too
         params = self.decoder(self.combiner(z, self.labels_for("combiner", labels)), self.labels_for("decoder", labels))
         if not sample:
             return self.likelihood.mean(params, library)
@@ -196,12 +316,26 @@ class GenerativeModel(nn.Module):
                 pairs: int = 0) -> Context:
         """What regularisers see of a minibatch, read off the guide's trace.
 
-        ``loc`` and ``scale`` hold what each block's posterior family exposes (its ``moments``).
+        ``loc`` and ``scale`` hold what each per-cell block's posterior family exposes (its ``moments``);
+        ``globals`` the value of each global block (its site's, or its fixed value) and
+        ``global_loc`` what its family exposes as ``loc`` (a mask's probabilities), for blocks that
+        are sites.
         """
         z, families = {}, {b.name: b.posterior.name for b in self.spec.blocks}
         moments: dict[str, dict[str, Tensor]] = {"loc": {}, "scale": {}}
         lacking: dict[str, dict[str, str]] = {"loc": {}, "scale": {}}
-        for name, family in self.posteriors.items():
+        found, global_loc = {}, {}
+        for name, params in self.globals.items():
+            if params.is_fixed:
+                found[name] = params.fixed_value
+                continue
+            site = guide_trace.nodes[name]
+            found[name] = site["value"]
+            exposed = self.posteriors[name].read_moments(site["fn"])
+            if "loc" in exposed:
+                global_loc[name] = exposed["loc"]
+        for name in self.spec.cell_block_dims:
+            family = self.posteriors[name]
             site = guide_trace.nodes[name]
             z[name] = site["value"]
             exposed = family.read_moments(site["fn"])
@@ -212,4 +346,4 @@ class GenerativeModel(nn.Module):
                     lacking[moment][name] = families[name]
         loc, scale = (BlockMoments(moments[m], m, lacking[m]) for m in ("loc", "scale"))
         return Context(z, loc, scale, batch.labels, batch.index, n_obs, epoch, progress, self, pairs,
-                       y=batch.y, library=batch.library)
+                       y=batch.y, library=batch.library, globals=found, global_loc=global_loc)

@@ -9,6 +9,9 @@ Labels
     per cell: ``"x"`` the covariates (one-hot per covariate column, concatenated) and ``"t"`` the
     treatment (dose-weighted multi-hot over the treatment vocabulary; controls are all zeros).
     A component only sees the conditions its spec entry lists; ``label_dims`` gives their widths.
+    A condition may also name a *global* block (``plate = "t"`` or ``"x"``): its value is then a
+    ``(vocabulary, dim)`` tensor, one row per treatment or covariate level (not one per cell), and
+    ``label_dims`` gives its ``dim``.
 
 ============  ========================================================  =============================
 kind          factory call                                              object
@@ -124,8 +127,11 @@ class Decoder(Protocol):
 class Combiner(Protocol):
     """How the latent blocks reach the decoder: ``comb(z, labels) -> (B, n_output)``.
 
-    ``z`` maps each block's name to its value ``(B, dim)`` (with particles, extra leading dimensions);
-    ``n_output`` is the width of the tensor it returns (the decoder's input width).
+    ``z`` maps each block's name to its value ``(B, dim)`` (with particles, extra leading dimensions),
+    and each global block's name to its ``(vocabulary, dim)`` value; the factory's ``block_dims`` are
+    the per-cell blocks (a combiner that reads a global block lists it among its conditions, so that
+    ``label_dims`` gives its width). ``n_output`` is the width of the tensor it returns (the
+    decoder's input width).
     """
 
     n_output: int
@@ -162,7 +168,7 @@ class ModelInfo:
     """What a regulariser factory is told about the model it joins.
 
     Attributes:
-        block_dims: the latent blocks and their sizes.
+        block_dims: the per-cell latent blocks and their sizes (what ``ctx.z`` holds).
         label_dims: the width of each label (``"x"``, ``"t"``).
         n_genes: the number of genes.
         label_groups: for a label that is one-hot per column (the covariates ``"x"``, one column per
@@ -175,6 +181,8 @@ class ModelInfo:
     label_dims: Mapping[str, int]
     n_genes: int
     label_groups: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    #: the global blocks (one row per vocabulary entry) and their sizes (what ``ctx.globals`` holds)
+    global_dims: Mapping[str, int] = field(default_factory=dict)
 
 
 class BlockMoments(dict):
@@ -223,6 +231,10 @@ class Context:
             paired controls (row ``i + pairs`` is the control of row ``i``); 0 without pairing.
         y, library: the batch's observed values ``(B, n_genes)`` and library sizes ``(B, 1)`` (for
             terms that compare generated with observed cells); None where no data are at hand.
+        globals: the value of each global block at this step, ``(vocabulary, dim)`` (read off the
+            guide's trace; a block fixed by ``fix_global`` gives its fixed value).
+        global_loc: for each global block that is a site, what its posterior family exposes as
+            ``loc`` (a Normal's means, a relaxed Bernoulli mask's probabilities), ``(vocabulary, dim)``.
     """
 
     z: dict[str, Tensor]
@@ -237,6 +249,8 @@ class Context:
     pairs: int = 0
     y: Tensor | None = field(default=None, repr=False)
     library: Tensor | None = field(default=None, repr=False)
+    globals: dict[str, Tensor] = field(default_factory=dict)
+    global_loc: dict[str, Tensor] = field(default_factory=dict)
 
     def unpaired(self) -> Context:
         """The context of the minibatch's own cells, without the paired controls appended to them.
@@ -266,7 +280,8 @@ class Context:
                 return d.map(Tensor.detach)
             return {k: v.detach() for k, v in d.items()}
 
-        return replace(self, z=cut(self.z), loc=cut(self.loc), scale=cut(self.scale))
+        return replace(self, z=cut(self.z), loc=cut(self.loc), scale=cut(self.scale), globals=cut(self.globals),
+                       global_loc=cut(self.global_loc))
 
 
 @runtime_checkable

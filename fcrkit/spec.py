@@ -19,7 +19,19 @@ from Python, from a dict, or from TOML::
     warmup_epochs = 20
 
 A component is given as its registered name, or as a table with ``name``, optional
-``conditions`` (the labels it sees: ``"x"`` covariates, ``"t"`` treatment) and its options.
+``conditions`` (the labels it sees: ``"x"`` covariates, ``"t"`` treatment, or the name of a global
+block, whose ``(vocabulary, dim)`` value it then reads) and its options.
+
+A block lives per cell (``plate = "cells"``, the default: amortised by an encoder) or is *global*
+over a label's vocabulary (``plate = "t"``: one row per treatment, ``plate = "x"``: one per
+covariate level), with its own variational parameters and no encoder::
+
+    [[blocks]]
+    name = "mask"
+    dim = 10
+    plate = "t"
+    prior = { name = "bernoulli", probs = 0.5 }
+    posterior = { name = "relaxed_bernoulli", temperature = 1.0 }
 """
 
 from __future__ import annotations
@@ -43,6 +55,8 @@ else:  # pragma: no cover
 CONDITIONS: tuple[str, ...] = ("x", "t")
 #: Names a block may not take (they are other sites of the Pyro model).
 RESERVED_BLOCK_NAMES = frozenset({"y", "cells"})
+#: Where a block may live: per cell, or one row per entry of a label's vocabulary (a global block).
+PLATES: tuple[str, ...] = ("cells", "t", "x")
 ENCODER_INPUTS = ("auto", "log1p", "lognorm", "identity")
 CONTROL_PAIRINGS = ("none", "covariates", "any")
 #: The posterior family of a block that names none (a diagonal Normal).
@@ -93,6 +107,13 @@ def _name(value: Any, where: str) -> str:
     return value
 
 
+def _unknown_condition(component: str, condition: Any, global_blocks: Sequence[str]) -> str:
+    known = [*CONDITIONS, *global_blocks]
+    blocks = f", or a global block ({listing(global_blocks)})" if global_blocks else ""
+    return (f"component {component!r}: unknown condition {condition!r}.{did_you_mean(str(condition), known)} "
+            f"Conditions are 'x' (covariates) and 't' (treatment){blocks}.")
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     """A registered component by name, the labels it sees, and its options."""
@@ -104,12 +125,9 @@ class ComponentSpec:
     def __post_init__(self) -> None:
         _name(self.name, "component")
         conditions = (self.conditions,) if isinstance(self.conditions, str) else tuple(self.conditions)
-        for c in conditions:
-            if c not in CONDITIONS:
-                raise ConfigError(
-                    f"component {self.name!r}: unknown condition {c!r}.{did_you_mean(c, CONDITIONS)} "
-                    f"Conditions are 'x' (covariates) and 't' (treatment)."
-                )
+        for c in conditions:  # a global block's name may be a condition too: the model spec checks those
+            if c not in CONDITIONS and not (isinstance(c, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", c)):
+                raise ConfigError(_unknown_condition(self.name, c, ()))
         if len(set(conditions)) != len(conditions):
             raise ConfigError(f"component {self.name!r}: conditions {list(conditions)} repeat a label.")
         object.__setattr__(self, "conditions", conditions)
@@ -142,18 +160,26 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """A latent block: its name (also its Pyro site), dimension, prior, encoder and posterior family.
+    """A latent block: its name (also its Pyro site), dimension, prior, encoder, posterior family and plate.
 
-    ``posterior`` is a registered posterior family (``"normal"``, ``"flow"``, ``"delta"`` ...; see
-    :mod:`fcrkit.components.posteriors`) that turns the encoder's output into ``q(z | y)``; it sees
-    no labels (give those to the encoder).
+    ``posterior`` is a registered posterior family (``"normal"``, ``"flow"``, ``"delta"``,
+    ``"relaxed_bernoulli"`` ...; see :mod:`fcrkit.components.posteriors`) that turns the encoder's
+    output into ``q(z | y)``; it sees no labels (give those to the encoder).
+
+    ``plate`` says where the block lives: ``"cells"`` (default) one value per cell, inferred by the
+    encoder; ``"t"`` or ``"x"`` a *global* block, one row per entry of that label's vocabulary
+    (treatments, covariate levels), sampled in its own ``pyro.plate`` outside the cells plate (so
+    not rescaled by the minibatch subsampling), inferred by variational parameters of its own
+    (one ``(loc, scale)`` row per entry, fed to the posterior family): it has no encoder (``encoder``
+    stays None). A component reads a global block by listing its name among its ``conditions``.
     """
 
     name: str
     dim: int
     prior: ComponentSpec = field(default_factory=lambda: ComponentSpec("standard_normal"))
-    encoder: ComponentSpec = field(default_factory=lambda: ComponentSpec("mlp"))
+    encoder: ComponentSpec | None = None  # None: "mlp" for a per-cell block, nothing for a global one
     posterior: ComponentSpec = field(default_factory=lambda: ComponentSpec(DEFAULT_POSTERIOR))
+    plate: str = "cells"
 
     def __post_init__(self) -> None:
         where = f"block {self.name!r}"
@@ -162,8 +188,17 @@ class BlockSpec:
             raise ConfigError(f"{where}: use an identifier other than {listing(RESERVED_BLOCK_NAMES)}.")
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim <= 0:
             raise ConfigError(f"{where}: dim must be a positive integer, got {self.dim!r}.")
+        if self.plate not in PLATES:
+            raise ConfigError(f"{where}: plate={self.plate!r} is not one of {listing(PLATES)} ('cells': one value per "
+                              "cell; 't' / 'x': one row per treatment / covariate level).")
         object.__setattr__(self, "prior", ComponentSpec.parse(self.prior, f"{where} prior"))
-        object.__setattr__(self, "encoder", ComponentSpec.parse(self.encoder, f"{where} encoder"))
+        if self.is_global and self.encoder is not None:
+            raise ConfigError(f"{where}: a global block (plate={self.plate!r}) has its own variational parameters, "
+                              "one row per vocabulary entry, and no encoder: remove its encoder (or use plate "
+                              "'cells').")
+        if not self.is_global:
+            encoder = ComponentSpec("mlp") if self.encoder is None else self.encoder
+            object.__setattr__(self, "encoder", ComponentSpec.parse(encoder, f"{where} encoder"))
         posterior = ComponentSpec.parse(self.posterior, f"{where} posterior")
         if posterior.conditions:
             raise ConfigError(f"{where} posterior {posterior.name!r}: a posterior family sees the encoder's output, "
@@ -174,15 +209,25 @@ class BlockSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> BlockSpec:
         """A block from its dict form (``name``, ``dim``, ``prior``, ``encoder``, ``posterior``), validated."""
         where = f"block {data.get('name', '?')!r}" if isinstance(data, Mapping) else "block"
-        _check_keys(data, ("name", "dim", "prior", "encoder", "posterior"), where)
-        fields = {k: data[k] for k in ("prior", "encoder", "posterior") if k in data}
+        _check_keys(data, ("name", "dim", "prior", "encoder", "posterior", "plate"), where)
+        fields = {k: data[k] for k in ("prior", "encoder", "posterior", "plate") if k in data}
         return cls(_require(data, "name", where), _require(data, "dim", where), **fields)
 
+    @property
+    def is_global(self) -> bool:
+        """Whether the block is global over a label's vocabulary (``plate`` other than ``"cells"``)."""
+        return self.plate != "cells"
+
     def to_dict(self) -> dict[str, Any]:
-        """The block as a plain dict (the inverse of :meth:`from_dict`); the default posterior is left out."""
-        out = {"name": self.name, "dim": self.dim, "prior": self.prior.to_dict(), "encoder": self.encoder.to_dict()}
+        """The block as a plain dict (the inverse of :meth:`from_dict`); the default posterior and plate are left
+        out, and a global block has no encoder."""
+        out = {"name": self.name, "dim": self.dim, "prior": self.prior.to_dict()}
+        if self.encoder is not None:
+            out["encoder"] = self.encoder.to_dict()
         if self.posterior != ComponentSpec(DEFAULT_POSTERIOR):
             out["posterior"] = self.posterior.to_dict()
+        if self.is_global:
+            out["plate"] = self.plate
         return out
 
 
@@ -300,15 +345,50 @@ class ModelSpec:
         object.__setattr__(self, "combiner", ComponentSpec.parse(self.combiner, "combiner"))
         if self.joint_encoder is not None:
             object.__setattr__(self, "joint_encoder", ComponentSpec.parse(self.joint_encoder, "joint_encoder"))
+        if not self.cell_block_dims:
+            raise ConfigError(f"model {self.name!r} has only global blocks; give at least one per-cell block "
+                              "(plate 'cells').")
+        self._check_conditions()
+
+    def _check_conditions(self) -> None:
+        """Every condition is a label or a global block; a global block's prior reads only earlier global blocks."""
+        global_names = list(self.global_block_dims)
+        order = {name: i for i, name in enumerate(global_names)}
+        for _, comp, where in self.components():
+            for c in comp.conditions:
+                if c in CONDITIONS or c in order:
+                    continue
+                hint = (f" Block {c!r} is per cell; only a global block (plate 't' or 'x') can be read as a "
+                        "condition." if c in self.block_dims else "")
+                raise ConfigError(f"{where}: {_unknown_condition(comp.name, c, global_names)}{hint}")
+        for b in self.blocks:
+            if not b.is_global:
+                continue
+            late = [c for c in b.prior.conditions if c in order and order[c] >= order[b.name]]
+            if late:
+                raise ConfigError(f"block {b.name!r} prior reads global block(s) {listing(late)}, which must come "
+                                  f"before {b.name!r} in 'blocks' (global blocks are sampled in spec order).")
+        if self.joint_encoder is not None and any(c in order for c in self.joint_encoder.conditions):
+            raise ConfigError("joint encoder: an encoder cannot read a global block; give it labels only.")
 
     @property
     def block_dims(self) -> dict[str, int]:
-        """Size of each latent block, by name, in spec order."""
+        """Size of each latent block, by name, in spec order (per-cell and global blocks)."""
         return {b.name: b.dim for b in self.blocks}
 
+    @property
+    def cell_block_dims(self) -> dict[str, int]:
+        """Size of each per-cell block (``plate = "cells"``), by name, in spec order."""
+        return {b.name: b.dim for b in self.blocks if not b.is_global}
+
+    @property
+    def global_block_dims(self) -> dict[str, int]:
+        """Size of each global block (one row per vocabulary entry of its plate's label), in spec order."""
+        return {b.name: b.dim for b in self.blocks if b.is_global}
+
     def obsm_key(self, block: str) -> str:
-        """Where the latent of ``block`` goes in ``adata.obsm``."""
-        return f"X_{self.name}" if len(self.blocks) == 1 else f"X_{self.name}_{block}"
+        """Where the latent of (per-cell) ``block`` goes in ``adata.obsm``."""
+        return f"X_{self.name}" if len(self.cell_block_dims) == 1 else f"X_{self.name}_{block}"
 
     def components(self) -> list[tuple[str, ComponentSpec, str]]:
         """Every (kind, component, where) the spec uses, for validation against a registry."""
@@ -317,7 +397,7 @@ class ModelSpec:
             out.append(("combiner", self.combiner, "combiner"))
         for b in self.blocks:
             out.append(("prior", b.prior, f"block {b.name!r} prior"))
-            if self.joint_encoder is None:
+            if self.joint_encoder is None and b.encoder is not None:
                 out.append(("encoder", b.encoder, f"block {b.name!r} encoder"))
             out.append(("posterior", b.posterior, f"block {b.name!r} posterior"))
         if self.joint_encoder is not None:
@@ -327,9 +407,12 @@ class ModelSpec:
         return out
 
     def with_posterior(self, posterior: str | Mapping[str, Any] | ComponentSpec) -> ModelSpec:
-        """The same spec with every block's posterior family set to ``posterior`` (a name or a table)."""
+        """The same spec with every per-cell block's posterior family set to ``posterior`` (a name or a table).
+
+        Global blocks keep theirs (a recipe's masks keep their ``relaxed_bernoulli`` family).
+        """
         family = ComponentSpec.parse(posterior, "posterior")
-        return replace(self, blocks=tuple(replace(b, posterior=family) for b in self.blocks))
+        return replace(self, blocks=tuple(b if b.is_global else replace(b, posterior=family) for b in self.blocks))
 
     # -- (de)serialisation ------------------------------------------------------------------------
     @classmethod

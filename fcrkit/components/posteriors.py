@@ -8,7 +8,16 @@ distribution the guide samples:
 * ``flow``: that Normal pushed through affine autoregressive transforms (inverse autoregressive
   flows, Kingma et al. 2016) whose shifts and scales are conditioned, per cell, on the encoder
   output, so the posterior can be skewed and correlated across the block's dimensions;
-* ``delta``: a point mass at ``loc`` (MAP-style inference of the block; ``scale`` is unused).
+* ``delta``: a point mass at ``loc`` (MAP-style inference of the block; ``scale`` is unused),
+  optionally mapped into a support (``support = "unit_interval"`` for a probability,
+  ``"positive"``);
+* ``relaxed_bernoulli``: a binary mask relaxed at a ``temperature`` (Maddison et al. 2017; Jang et
+  al. 2017) whose logits are ``loc``; with ``hard = True`` (default) its draws are exactly 0 or 1
+  in the forward pass and carry the relaxed draw's gradient (straight-through).
+
+A global block (``plate = "t"`` or ``"x"``) feeds the family the same way, from variational
+parameters of its own (one ``(loc, scale)`` row per vocabulary entry) instead of an encoder; a
+family may say where they start with the attributes ``init_loc`` and ``init_scale``.
 
 What a regulariser's :class:`~fcrkit.protocols.Context` reads of a block (``ctx.loc``,
 ``ctx.scale``) is what the family declares in ``moments``: the Normal's exact parameters, the flow's
@@ -22,8 +31,9 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import conditional_affine_autoregressive
 from torch import Tensor, nn
+from torch.distributions.utils import clamp_probs
 
-from fcrkit.errors import ConfigError
+from fcrkit.errors import ConfigError, check_choice
 from fcrkit.hookspecs import hookimpl
 
 
@@ -109,31 +119,96 @@ class FlowPosterior(nn.Module):
         return {"loc": normal.loc, "scale": normal.scale}
 
 
+#: Where a ``delta`` posterior may put its point: ``loc`` as it is, squashed into (0, 1), or made positive.
+DELTA_SUPPORTS = ("real", "unit_interval", "positive")
+
+
 class DeltaPosterior(nn.Module):
-    """A point mass at the encoder's ``loc`` (amortised MAP inference of the block)."""
+    """A point mass at the encoder's ``loc`` (amortised MAP inference of the block).
+
+    Args:
+        dim: the block's dimension.
+        support: ``"real"`` (the point is ``loc``), ``"unit_interval"`` (``σ(loc)``, kept off 0 and 1:
+            a probability, e.g. under a Beta prior) or ``"positive"`` (``softplus(loc)``).
+    """
 
     moments = ("loc",)
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, *, support: str = "real"):
         super().__init__()
+        check_choice("support", support, DELTA_SUPPORTS, owner="posterior 'delta'")
         self.dim = dim
+        self.support = support
+
+    def _map(self, loc: Tensor) -> Tensor:
+        if self.support == "unit_interval":
+            return clamp_probs(torch.sigmoid(loc))
+        if self.support == "positive":
+            return nn.functional.softplus(loc) + 1e-6
+        return loc
 
     def distribution(self, loc: Tensor, scale: Tensor) -> dist.Distribution:
-        """``Delta(loc)`` with event shape ``(dim,)``; ``scale`` is ignored."""
-        return dist.Delta(loc, event_dim=1)
+        """``Delta(point)`` with event shape ``(dim,)``; ``scale`` is ignored."""
+        return dist.Delta(self._map(loc), event_dim=1)
 
     def point(self, loc: Tensor, scale: Tensor) -> Tensor:
-        """The point, ``loc``."""
-        return loc
+        """The point (``loc`` mapped into the support)."""
+        return self._map(loc)
 
     def read_moments(self, fn: dist.Distribution) -> dict[str, Tensor]:
         """The point as ``loc`` (a point mass has no scale)."""
         return {"loc": fn.v}
 
 
+class RelaxedBernoulliPosterior(nn.Module):
+    """A relaxed Bernoulli (binary Concrete) mask per entry, with logits ``loc`` (``scale`` is unused).
+
+    A draw is ``σ((loc + L) / τ)`` with logistic noise ``L`` and temperature ``τ``. With ``hard``
+    (default) the forward value is that draw rounded to 0 or 1 (a Bernoulli(σ(loc)) draw) and its
+    gradient the relaxed draw's (straight-through, Pyro's ``RelaxedBernoulliStraightThrough``); its
+    log-density is the relaxed draw's. What regularisers read as ``loc`` is the mean ``σ(loc)``, the
+    probability that an entry is on.
+
+    Args:
+        dim: the block's dimension.
+        temperature: τ > 0 (smaller: closer to binary, noisier gradients).
+        hard: straight-through 0/1 draws (else the relaxed values in (0, 1)).
+        init_logit: where a global block's logits start (5: masks start on, σ(5) ≈ 0.99, as sVAE's).
+    """
+
+    moments = ("loc",)
+
+    def __init__(self, dim: int, *, temperature: float = 1.0, hard: bool = True, init_logit: float = 0.0):
+        super().__init__()
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ConfigError(f"posterior 'relaxed_bernoulli': temperature={temperature!r} must be a positive number.")
+        if not isinstance(hard, bool):
+            raise ConfigError(f"posterior 'relaxed_bernoulli': hard={hard!r} must be true or false.")
+        self.dim = dim
+        self.hard = hard
+        self.init_loc = float(init_logit)
+        self.register_buffer("temperature", torch.tensor(float(temperature)), persistent=False)
+
+    def distribution(self, loc: Tensor, scale: Tensor) -> dist.Distribution:
+        """The relaxed (straight-through with ``hard``) Bernoulli of logits ``loc``, event shape ``(dim,)``."""
+        family = dist.RelaxedBernoulliStraightThrough if self.hard else dist.RelaxedBernoulli
+        return family(self.temperature.to(loc), logits=loc).to_event(1)
+
+    def point(self, loc: Tensor, scale: Tensor) -> Tensor:
+        """With ``hard``, the most probable mask ``σ(loc) > 0.5`` (0/1); else the mean ``σ(loc)``."""
+        return (loc > 0).to(loc.dtype) if self.hard else torch.sigmoid(loc)
+
+    def read_moments(self, fn: dist.Distribution) -> dict[str, Tensor]:
+        """The probabilities ``σ(loc)`` of a distribution this part made, as ``loc``."""
+        while isinstance(fn, dist.Independent):
+            fn = fn.base_dist
+        return {"loc": fn.probs}
+
+
 @hookimpl
 def fcrkit_register_components(registry) -> None:
-    """Register the ``normal``, ``flow`` and ``delta`` posterior families."""
+    """Register the ``normal``, ``flow``, ``delta`` and ``relaxed_bernoulli`` posterior families."""
     registry.posterior("normal", NormalPosterior)
     registry.posterior("flow", FlowPosterior)
     registry.posterior("delta", DeltaPosterior)
+    registry.posterior("relaxed_bernoulli", RelaxedBernoulliPosterior)

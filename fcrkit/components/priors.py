@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -167,8 +168,90 @@ class ConditionalGaussian(nn.Module):
         return dist.Normal(loc, scale).to_event(1)
 
 
+def _probability(value: Any, option: str, owner: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError(f"prior {owner!r}: {option}={value!r} must be a number strictly between 0 and 1.")
+    return float(value)
+
+
+def _positive(value: Any, option: str, owner: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"prior {owner!r}: {option}={value!r} must be a positive number.")
+    return float(value)
+
+
+class BernoulliPrior(nn.Module):
+    """Bernoulli prior of a binary mask block: each entry is on with probability ``probs``.
+
+    The probabilities are a fixed number (``probs``), or the value of a global block the spec lists
+    as the prior's one condition (e.g. ``conditions = ["mask_prob"]`` for a block with a Beta prior:
+    a Beta-Bernoulli mask whose hyperprior is a real site, sVAE+'s). With ``temperature`` the prior
+    is the relaxed Bernoulli at that temperature instead (scored at the relaxed value of a
+    straight-through draw, matching a ``relaxed_bernoulli`` posterior's density); without, the
+    Bernoulli probability of the 0/1 value.
+
+    Args:
+        dim: the block's dimension.
+        label_dims: nothing, or one global block of the same dimension holding the probabilities.
+        probs: the probability of an entry being on, when no block gives it.
+        temperature: None (a Bernoulli) or τ > 0 (a relaxed Bernoulli).
+    """
+
+    def __init__(self, dim: int, label_dims: LabelDims, *, probs: float = 0.5, temperature: float | None = None):
+        super().__init__()
+        sources = list(label_dims)
+        if len(sources) > 1 or any(s in ("x", "t") for s in sources):
+            raise ConfigError(f"prior 'bernoulli' reads its probabilities from at most one global block, but the spec "
+                              f"gives it conditions {listing(sources)}; give one block (plate 't' or 'x') or none.")
+        if sources and label_dims[sources[0]] != dim:
+            raise ConfigError(f"prior 'bernoulli': block {sources[0]!r} has dimension {label_dims[sources[0]]}, the "
+                              f"mask {dim}; the probabilities need one entry per mask entry.")
+        self.dim = dim
+        self.source = sources[0] if sources else None
+        self.temperature = None if temperature is None else _positive(temperature, "temperature", "bernoulli")
+        self.register_buffer("probs", torch.tensor(_probability(probs, "probs", "bernoulli")), persistent=False)
+
+    def distribution(self, labels: Labels, n: int) -> dist.Distribution:
+        """Independent Bernoulli (or relaxed Bernoulli) entries, batch ``(n,)``, event ``(dim,)``."""
+        probs = labels[self.source] if self.source else self.probs.expand(n, self.dim)
+        if self.temperature is None:
+            return dist.Bernoulli(probs=probs).to_event(1)
+        return dist.RelaxedBernoulliStraightThrough(torch.tensor(self.temperature).to(probs), probs=probs).to_event(1)
+
+
+class BetaPrior(nn.Module):
+    """Beta(``concentration1``, ``concentration0``) prior on each entry, e.g. the probabilities of a mask.
+
+    sVAE+'s hyperprior is ``Beta(1, K)``: ``concentration1 = 1``, ``concentration0 = K`` (K = 1: uniform,
+    no pressure; larger K: sparser masks).
+
+    Args:
+        dim: the block's dimension.
+        label_dims: must be empty.
+        concentration1, concentration0: the Beta's two shape parameters (α and β).
+    """
+
+    def __init__(self, dim: int, label_dims: LabelDims, *, concentration1: float = 1.0,
+                 concentration0: float = 1.0):
+        super().__init__()
+        if label_dims:
+            raise ConfigError(f"prior 'beta' conditions on nothing, but the spec gives it conditions "
+                              f"{listing(label_dims)}; remove them.")
+        self.dim = dim
+        c1, c0 = (_positive(v, k, "beta") for k, v in (("concentration1", concentration1),
+                                                       ("concentration0", concentration0)))
+        self.register_buffer("concentrations", torch.tensor([c1, c0]), persistent=False)
+
+    def distribution(self, labels: Labels, n: int) -> dist.Distribution:
+        """``Beta(α, β)`` entries, batch ``(n,)``, event ``(dim,)``."""
+        c1, c0 = self.concentrations
+        return dist.Beta(c1.expand(n, self.dim), c0.expand(n, self.dim)).to_event(1)
+
+
 @hookimpl
 def fcrkit_register_components(registry) -> None:
-    """Register the ``standard_normal`` and ``conditional_gaussian`` priors."""
+    """Register the ``standard_normal``, ``conditional_gaussian``, ``bernoulli`` and ``beta`` priors."""
     registry.prior("standard_normal", StandardNormal)
     registry.prior("conditional_gaussian", ConditionalGaussian)
+    registry.prior("bernoulli", BernoulliPrior)
+    registry.prior("beta", BetaPrior)

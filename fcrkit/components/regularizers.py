@@ -37,14 +37,15 @@ class KL:
 
     Args:
         info: the model's blocks.
-        blocks: the blocks whose KL is weighted (default: all).
+        blocks: the blocks whose KL is weighted (default: every per-cell block; a global block is
+            weighted only when named).
     """
 
     def __init__(self, info: ModelInfo, *, blocks: Sequence[str] | None = None):
-        known = list(info.block_dims)
-        chosen = list(known if blocks is None else blocks)
+        known = [*info.block_dims, *info.global_dims]
+        chosen = list(info.block_dims if blocks is None else blocks)
         for block in chosen:
-            if block not in info.block_dims:
+            if block not in known:
                 raise ConfigError(
                     f"regularizer 'kl': unknown block {block!r}.{did_you_mean(block, known)} "
                     f"Blocks of this model: {listing(known)}."

@@ -209,11 +209,15 @@ class Model:
         * ``as_dict=True``: that dict for any model (``{"X_<model>": array}`` for one block), for code
           that handles models of every shape.
         """
-        names = [b.name for b in self.spec.blocks]
+        names = list(self.spec.cell_block_dims)  # global blocks: get_global_latent
         if block is not None:
             if as_dict:
                 raise ConfigError("get_latent_representation(): give block= (one block's array) or as_dict=True "
                                   "(every block), not both.")
+            if block in self.spec.global_block_dims:
+                raise ConfigError(f"get_latent_representation(): block {block!r} is global (one row per entry of "
+                                  f"label {self.module.global_plates[block]!r}, not per cell): read it with "
+                                  f"model.get_global_latent({block!r}).")
             if block not in names:
                 raise ConfigError(f"get_latent_representation(): block={block!r} is not a block of model "
                                   f"{self.spec.name!r} (blocks: {listing(names)}).{did_you_mean(block, names)}")
@@ -230,6 +234,41 @@ class Model:
         if len(blocks) == 1 and not as_dict:
             return next(iter(blocks.values()))
         return {self.spec.obsm_key(name): z for name, z in blocks.items()}
+
+    @torch.no_grad()
+    def get_global_latent(self, block: str, *, value: str = "point") -> pd.DataFrame:
+        """A global block (``plate = "t"`` or ``"x"``) as a DataFrame: one row per vocabulary entry, one column
+        per dimension (``<block>_0 ...``).
+
+        Args:
+            block: the global block's name.
+            value: ``"point"`` its posterior family's point (a Normal's mean, a hard mask's most
+                probable 0/1 value; what ``predict`` uses), ``"loc"`` / ``"scale"`` what the family
+                exposes as such (a relaxed Bernoulli mask's ``loc`` is its probabilities). A block
+                fixed by ``fix_global`` gives its fixed value for ``"point"`` and ``"loc"``.
+
+        Rows are named by the treatments (plate ``"t"``) or by the covariate levels ``key=level``
+        (plate ``"x"``).
+        """
+        module = self.module
+        if block not in module.globals:
+            known = list(module.globals)
+            raise ConfigError(f"get_global_latent(): {block!r} is not a global block of model {self.spec.name!r} "
+                              f"(global blocks: {listing(known) if known else 'none'}).{did_you_mean(block, known)}")
+        if value == "point":
+            values = module.global_point(block)
+        else:
+            moments = module.global_moments(block)
+            if value not in moments:
+                raise ConfigError(f"get_global_latent(): value={value!r} is not one of 'point', "
+                                  f"{listing(list(moments))} for block {block!r}.")
+            values = moments[value]
+        plate = module.global_plates[block]
+        setup = self.setup
+        rows = (list(setup.treatments) if plate == "t" else
+                [f"{key}={level}" for key in setup.covariate_keys for level in setup.covariate_levels[key]])
+        return pd.DataFrame(values.detach().cpu().numpy(), index=pd.Index([str(r) for r in rows], name=plate),
+                            columns=[f"{block}_{j}" for j in range(values.shape[1])])
 
     @torch.no_grad()
     def get_normalized_expression(
@@ -367,7 +406,7 @@ class Model:
             raise ConfigError(f"from_prior={from_prior!r} is not 'sample' or 'mean'.")
         if self.setup.treatment_key is None:
             raise ConfigError("this model was set up without a treatment_key; it cannot predict a treatment.")
-        swapped = [b.name for b in self.spec.blocks if "t" in b.prior.conditions]
+        swapped = [b.name for b in self.spec.blocks if "t" in b.prior.conditions and not b.is_global]
         if not swapped and "t" not in self.spec.decoder.conditions and "t" not in self.spec.combiner.conditions:
             raise ConfigError(f"neither a block prior nor the decoder of model {self.spec.name!r} depends on the "
                               "treatment, so it cannot predict one (FCR, iVAE-style, sVAE or CPA specs can).")

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -93,7 +93,7 @@ def evaluation_loss(elbo: ELBO, model: Callable[..., Any], guide: Callable[..., 
 
 
 def objective_problems(elbo: str | ELBO, enumerated: Mapping[str, str],
-                       handlers: Mapping[str, tuple[float, float]]) -> list[str]:
+                       handlers: Mapping[str, tuple[float, float]], global_blocks: Sequence[str] = ()) -> list[str]:
     """Why a model cannot be trained with objective ``elbo`` (empty when it can).
 
     Args:
@@ -101,6 +101,7 @@ def objective_problems(elbo: str | ELBO, enumerated: Mapping[str, str],
         enumerated: block -> prior name, for the blocks whose prior has discrete sites to sum out.
         handlers: regulariser -> (weight, warm-up epochs), for the regularisers that act through an
             effect on the ELBO's sites (``kl``).
+        global_blocks: the global blocks that are sites (not fixed): ``"iwae"`` refuses them.
     """
     enum = isinstance(elbo, TraceEnum_ELBO) or elbo == "trace_enum"
     iwae = isinstance(elbo, RenyiELBO) or elbo == "iwae"
@@ -110,6 +111,12 @@ def objective_problems(elbo: str | ELBO, enumerated: Mapping[str, str],
         blocks = listing([f"{b} (prior {p!r})" for b, p in enumerated.items()])
         problems.append(f"block(s) {blocks} sum out a discrete site by enumeration, which elbo={name!r} cannot "
                         "do: train with elbo='trace_enum'")
+    if iwae and global_blocks:
+        # the per-cell bound would weigh each particle's draw of the shared global latents inside the cell's
+        # log-mean-exp: not a bound of log p(y) for the data set, so refused rather than silently wrong
+        problems.append(f"elbo={name!r} bounds each cell's likelihood with its own draws, but global block(s) "
+                        f"{listing(list(global_blocks))} are shared by every cell: train with elbo='trace' or "
+                        "'trace_meanfield' (or fix them with fix_global)")
     if iwae:
         scaled = {k: wu for k, wu in handlers.items() if wu != (1.0, 0.0)}
         if scaled:

@@ -68,7 +68,8 @@ def check_objective(module: GenerativeModel, elbo: str | ELBO) -> None:
     enumerated = {b.name: b.prior.name for b in module.spec.blocks if b.name in module.enumerated_blocks}
     handlers = {r.key: (r.weight, r.warmup_epochs) for r in module.spec.regularizers
                 if callable(getattr(module.regularizers[r.key], "handler", None))}
-    problems = objective_problems(elbo, enumerated, handlers)
+    sites = [name for name, params in module.globals.items() if not params.is_fixed]
+    problems = objective_problems(elbo, enumerated, handlers, sites)
     if problems:
         name = elbo if isinstance(elbo, str) else type(elbo).__name__
         raise ConfigError(f"model {module.spec.name!r} cannot be trained with elbo={name!r}: "
