@@ -192,10 +192,10 @@ class GenerativeModel(nn.Module):
     def model(self, batch: Batch, n_obs: int) -> None:
         """p(y, z | labels) for the cells of ``batch``; ``n_obs`` is the plate size (training cells)."""
         n = batch.y.shape[0]
-        labels = dict(batch.labels)
+        labels, plates = dict(batch.labels), {}
         for name in self.globals:  # in spec order: a global prior may read earlier global blocks
             labels[name] = self._global_site(name, lambda name=name: self._sample_prior(
-                name, self.priors[name], labels, self.globals[name].loc.shape[0]))
+                name, self.priors[name], labels, self.globals[name].loc.shape[0]), plates)
         with pyro.plate("cells", n_obs, subsample=batch.index):
             z = {name: self._sample_prior(name, self.priors[name], labels, n) for name in self.spec.cell_block_dims}
             z.update({name: labels[name] for name in self.globals})
@@ -203,12 +203,19 @@ class GenerativeModel(nn.Module):
                                   self.labels_for("decoder", labels))
             pyro.sample("y", self.likelihood.distribution(params, batch.library), obs=batch.y)
 
-    def _global_site(self, name: str, sample: Callable[[], Tensor]) -> Tensor:
-        """Global block ``name``'s value: ``sample()`` in its plate, or its fixed value (no site)."""
+    def _global_site(self, name: str, sample: Callable[[], Tensor], plates: dict[str, pyro.plate]) -> Tensor:
+        """Global block ``name``'s value: ``sample()`` in its plate, or its fixed value (no site).
+
+        ``plates`` holds the program's plate per label: the blocks of one label share one plate object
+        (Pyro records a plate's site when it is made, so a second plate of the same name would clash).
+        """
         params = self.globals[name]
         if params.is_fixed:
             return params.fixed_value
-        with pyro.plate(PLATE_NAMES[self.global_plates[name]], params.loc.shape[0]):
+        label = self.global_plates[name]
+        if label not in plates:
+            plates[label] = pyro.plate(PLATE_NAMES[label], params.loc.shape[0])
+        with plates[label]:
             return sample()
 
     def _sample_prior(self, name: str, prior: nn.Module, labels: Labels, n: int) -> Tensor:
@@ -220,11 +227,12 @@ class GenerativeModel(nn.Module):
 
     def guide(self, batch: Batch, n_obs: int) -> None:
         """q(z | y, labels) for the cells of ``batch``, after q of the global blocks."""
+        drawn, plates = {}, {}  # encoders that read a global block see the guide's draw of it (SAMS-VAE's guide)
         for name, params in self.globals.items():
             family = self.posteriors[name]
-            self._global_site(name, lambda name=name, p=params, f=family: pyro.sample(
-                name, f.distribution(p.loc, p.scale)))
-        posterior = self.encode(batch)
+            drawn[name] = self._global_site(name, lambda name=name, p=params, f=family: pyro.sample(
+                name, f.distribution(p.loc, p.scale)), plates)
+        posterior = self.encode(batch, drawn)
         with pyro.plate("cells", n_obs, subsample=batch.index):
             for name, (loc, scale) in posterior.items():
                 pyro.sample(name, self.posteriors[name].distribution(loc, scale))
@@ -235,13 +243,15 @@ class GenerativeModel(nn.Module):
         return [name for name, prior in self.priors.items() if callable(getattr(prior, "sample", None))]
 
     # -- deterministic use of the parts ---------------------------------------------------------------
-    def encode(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
-        """Posterior ``(loc, scale)`` of each block for the cells of ``batch``."""
+    def encode(self, batch: Batch, drawn: Mapping[str, Tensor] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+        """Posterior ``(loc, scale)`` of each block for the cells of ``batch``; an encoder that reads a global
+        block sees its value in ``drawn`` (the guide's draws), else its point."""
         y = self.inputs(batch.y)
+        labels = {**batch.labels, **drawn} if drawn else batch.labels
         if "joint" not in self.encoders:
-            return {name: enc(y, self.labels_for(f"{name}.encoder", batch.labels))
+            return {name: enc(y, self.labels_for(f"{name}.encoder", labels))
                     for name, enc in self.encoders.items()}
-        loc, scale = self.encoders["joint"](y, self.labels_for("joint.encoder", batch.labels))
+        loc, scale = self.encoders["joint"](y, self.labels_for("joint.encoder", labels))
         dims = self.spec.cell_block_dims
         sizes = list(dims.values())
         return {name: (l, s) for name, l, s in zip(dims, loc.split(sizes, -1), scale.split(sizes, -1))}

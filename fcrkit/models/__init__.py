@@ -21,3 +21,6 @@ __all__ += ["VCI", "ScGen", "scgen_spec", "vci_spec"]
 from fcrkit.models.baselines import Additive, Baseline, LinearRidge, NoChange, PerturbedMean  # noqa: E402
 
 __all__ += ["Additive", "Baseline", "LinearRidge", "NoChange", "PerturbedMean"]
+from fcrkit.models.samsvae import SAMSVAE, samsvae_spec  # noqa: E402
+
+__all__ += ["SAMSVAE", "samsvae_spec"]
