@@ -194,8 +194,8 @@ class GenerativeModel(nn.Module):
         n = batch.y.shape[0]
         labels, plates = dict(batch.labels), {}
         for name in self.globals:  # in spec order: a global prior may read earlier global blocks
-            labels[name] = self._global_site(name, lambda name=name: self._sample_prior(
-                name, self.priors[name], labels, self.globals[name].loc.shape[0]), plates)
+            labels[name] = self._global_site(name, plates, lambda name=name: self._sample_prior(
+                name, self.priors[name], labels, self.globals[name].loc.shape[0]))
         with pyro.plate("cells", n_obs, subsample=batch.index):
             z = {name: self._sample_prior(name, self.priors[name], labels, n) for name in self.spec.cell_block_dims}
             z.update({name: labels[name] for name in self.globals})
@@ -203,11 +203,11 @@ class GenerativeModel(nn.Module):
                                   self.labels_for("decoder", labels))
             pyro.sample("y", self.likelihood.distribution(params, batch.library), obs=batch.y)
 
-    def _global_site(self, name: str, sample: Callable[[], Tensor], plates: dict[str, pyro.plate]) -> Tensor:
+    def _global_site(self, name: str, plates: dict[str, pyro.plate], sample: Callable[[], Tensor]) -> Tensor:
         """Global block ``name``'s value: ``sample()`` in its plate, or its fixed value (no site).
 
-        ``plates`` holds the program's plate per label: the blocks of one label share one plate object
-        (Pyro records a plate's site when it is made, so a second plate of the same name would clash).
+        ``plates`` holds the plates this run of the program has made: blocks over the same label share
+        one (a plate is a site of its own, made once per run).
         """
         params = self.globals[name]
         if params.is_fixed:
@@ -227,11 +227,12 @@ class GenerativeModel(nn.Module):
 
     def guide(self, batch: Batch, n_obs: int) -> None:
         """q(z | y, labels) for the cells of ``batch``, after q of the global blocks."""
-        drawn, plates = {}, {}  # encoders that read a global block see the guide's draw of it (SAMS-VAE's guide)
+        plates: dict[str, pyro.plate] = {}
+        drawn = {}  # encoders that read a global block see the guide's draw of it (SAMS-VAE's correlated guide)
         for name, params in self.globals.items():
             family = self.posteriors[name]
-            drawn[name] = self._global_site(name, lambda name=name, p=params, f=family: pyro.sample(
-                name, f.distribution(p.loc, p.scale)), plates)
+            drawn[name] = self._global_site(name, plates, lambda name=name, p=params, f=family: pyro.sample(
+                name, f.distribution(p.loc, p.scale)))
         posterior = self.encode(batch, drawn)
         with pyro.plate("cells", n_obs, subsample=batch.index):
             for name, (loc, scale) in posterior.items():
