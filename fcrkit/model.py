@@ -104,7 +104,6 @@ class GenerativeModel(nn.Module):
         self.encoders = nn.ModuleDict()
         self.posteriors = nn.ModuleDict()
         self.globals = nn.ModuleDict()
-        self.global_dims = dict(spec.global_block_dims)
         self.global_plates: dict[str, str] = {}
         n_latent = sum(spec.cell_block_dims.values())
         for block in spec.blocks:

@@ -233,13 +233,17 @@ class BlockSpec:
 
 @dataclass(frozen=True)
 class RegularizerSpec:
-    """A registered regulariser with its weight, linear warm-up (in epochs) and options."""
+    """A registered regulariser with its weight, linear warm-up (in epochs) and options.
+
+    ``start_epoch``: no term (weight 0) before this epoch; the warm-up, if any, counts from it.
+    """
 
     name: str
     weight: float = 1.0
     warmup_epochs: float = 0.0
     options: Mapping[str, Any] = field(default_factory=dict)
     key: str | None = None  # an alias: the same component twice, e.g. two discriminators
+    start_epoch: float = 0.0
 
     def __post_init__(self) -> None:
         where = f"regularizer {self.name!r}"
@@ -247,14 +251,16 @@ class RegularizerSpec:
         if self.key is None:
             object.__setattr__(self, "key", self.name)
         _name(self.key, f"{where} key")
-        for key in ("weight", "warmup_epochs"):
+        for key in ("weight", "warmup_epochs", "start_epoch"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}.")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"{where}: warmup_epochs must be >= 0, got {self.warmup_epochs!r}.")
+        for key in ("warmup_epochs", "start_epoch"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}: {key} must be >= 0, got {getattr(self, key)!r}.")
         object.__setattr__(self, "weight", float(self.weight))
         object.__setattr__(self, "warmup_epochs", float(self.warmup_epochs))
+        object.__setattr__(self, "start_epoch", float(self.start_epoch))
         object.__setattr__(self, "options", dict(self.options))
 
     @classmethod
@@ -267,21 +273,28 @@ class RegularizerSpec:
         if not isinstance(value, Mapping):
             raise ConfigError(f"a regularizer must be a name or a table with 'name', got {value!r}.")
         where = f"regularizer {value.get('name', '?')!r}"
-        options = {k: v for k, v in value.items() if k not in ("name", "weight", "warmup_epochs", "key")}
+        fields = ("name", "weight", "warmup_epochs", "key", "start_epoch")
+        options = {k: v for k, v in value.items() if k not in fields}
         return cls(_require(value, "name", where), value.get("weight", 1.0), value.get("warmup_epochs", 0.0), options,
-                   value.get("key"))
+                   value.get("key"), value.get("start_epoch", 0.0))
 
     def weight_at(self, epoch_progress: float) -> float:
-        """The weight after ``epoch_progress`` epochs (fractional), with the linear warm-up."""
+        """The weight after ``epoch_progress`` epochs (fractional): 0 before ``start_epoch``, then the linear
+        warm-up."""
+        if epoch_progress < self.start_epoch:
+            return 0.0
         if self.warmup_epochs <= 0:
             return self.weight
-        return self.weight * min(1.0, epoch_progress / self.warmup_epochs)
+        return self.weight * min(1.0, (epoch_progress - self.start_epoch) / self.warmup_epochs)
 
     def to_dict(self) -> dict[str, Any]:
-        """The entry as a plain dict: ``name``, ``weight``, ``warmup_epochs``, options and ``key``."""
+        """The entry as a plain dict: ``name``, ``weight``, ``warmup_epochs``, options, and ``key`` and
+        ``start_epoch`` when set."""
         out = {"name": self.name, "weight": self.weight, "warmup_epochs": self.warmup_epochs, **self.options}
         if self.key != self.name:
             out["key"] = self.key
+        if self.start_epoch:
+            out["start_epoch"] = self.start_epoch
         return out
 
 

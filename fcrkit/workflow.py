@@ -324,7 +324,7 @@ def evaluate(model_dir: str | os.PathLike, data_path: str | os.PathLike, output:
         raise DataError(f"{str(data_path)!r} has fewer than 2 cells with labels the model knows.")
     progress.phase(f"evaluating on {adata.n_obs} cells: encoding")
     latents = model.get_latent_representation(adata, as_dict=True)
-    blocks = {b.name: latents[model.spec.obsm_key(b.name)] for b in model.spec.blocks}
+    blocks = {name: latents[model.spec.obsm_key(name)] for name in model.spec.cell_block_dims}  # per-cell blocks
     rows: list[dict[str, Any]] = []
 
     keys = [*setup.covariate_keys, *([setup.treatment_key] if setup.treatment_key else [])]

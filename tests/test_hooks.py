@@ -175,7 +175,9 @@ def test_every_builtin_component_passes_the_conformance_check(record):
         "sparse_additive": {"options": {"basal": "x"}},
         "sparse_shift": {"label_dims": {"t": 3}},
         "adversarial_classifier": {"block_dims": {"basal": 3}},
-        "mask_sparsity": {"prior": {"name": "sparse_shift", "conditions": ["t"]}},
+        "mask_sparsity": {"global_dims": {"mask": 3}},
+        "bernoulli": {"label_dims": {}},
+        "beta": {"label_dims": {}},
     }
     assert check_component(record.kind, record.name, **settings.get(record.name, {})) is not None
 

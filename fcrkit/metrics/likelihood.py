@@ -40,14 +40,17 @@ def _log_weights(module: Any, batch: Batch, k: int, n_obs: int) -> torch.Tensor:
     n = batch.y.shape[0]
     rep = Batch(y=batch.y.repeat(k, 1), library=batch.library.repeat(k, 1),
                 labels={key: v.repeat(k, 1) for key, v in batch.labels.items()}, index=batch.index.repeat(k))
-    guide = poutine.trace(module.guide).get_trace(rep, n_obs)
+    # global blocks (one row per treatment, shared by every cell) are held at their posterior point: the
+    # bounds are per cell, given them (as sVAE reports them, its masks and shifts being point estimates)
+    points = module.global_points() if getattr(module, "globals", None) else {}
+    guide = poutine.trace(poutine.condition(module.guide, data=points)).get_trace(rep, n_obs)
     # discrete sites a prior marks for enumeration (a mixture's component) take every value at once,
     # in dimensions left of the cells plate, and are summed out below
-    enumerated = poutine.enum(module.model, first_available_dim=-2)
+    enumerated = poutine.enum(poutine.condition(module.model, data=points), first_available_dim=-2)
     model = poutine.trace(poutine.replay(enumerated, trace=guide)).get_trace(rep, n_obs)
     log_p = torch.zeros(k * n, device=batch.y.device)
     for site in model.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
+        if site["type"] == "sample" and not site_is_subsample(site) and site["name"] not in points:
             log_p = log_p + site["fn"].log_prob(site["value"])
     while log_p.dim() > 1:
         log_p = torch.logsumexp(log_p, dim=0)

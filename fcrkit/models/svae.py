@@ -1,9 +1,13 @@
 """sVAE and sVAE+ (Lopez et al., CLeaR 2023, "Learning causal representations of single cells via
 sparse mechanism shift modeling") from fcrkit's parts.
 
-One latent block ``z`` with the ``sparse_shift`` prior ``N(γ_a ⊙ μ_a, I)``; the encoder ``q(z | y)``
-and the decoder do not see the treatment (it reaches the model through the prior only); NB (or any
-count) likelihood with the observed library size; the ``mask_sparsity`` term on the masks.
+One per-cell latent block ``z`` with the ``sparse_shift`` prior ``N(γ_a ⊙ μ_a, I)``, and the masks
+``γ`` as a *global* block ``mask`` (``plate = "t"``: one mask per treatment, as in the paper, not one
+per cell) with a ``relaxed_bernoulli`` posterior (straight-through 0/1 draws, logits started at
+``init_log_alpha``); the encoder ``q(z | y)`` and the decoder do not see the treatment (it reaches
+the model through the prior only); NB (or any count) likelihood with the observed library size.
+sVAE adds the ``mask_sparsity`` term on the masks' probabilities; sVAE+ gives the masks a
+Beta-Bernoulli prior whose Beta(1, K) hyperprior is a real site (a global block ``mask_probs``).
 
 **Unseen treatments.** The treatment vocabulary is fixed when the data are set up, so set up the
 *whole* data set (seen and new treatments) once, build the model on the cells of the seen
@@ -30,8 +34,10 @@ from fcrkit.models.base import Recipe
 from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec, check_latent_size
 from fcrkit.train.trainer import History
 
-#: Row name of the controls' shift and mask (``learn_control=True``).
+#: Row name of the controls' shift (``learn_control=True``).
 CONTROL_ROW = "control"
+#: The global blocks of the masks and (sVAE+) of their probabilities.
+MASK, MASK_PROBS = "mask", "mask_probs"
 
 
 def svae_spec(
@@ -47,6 +53,7 @@ def svae_spec(
     dropout_rate: float = 0.1,
     learn_control: bool = False,
     init_log_alpha: float = 5.0,
+    temperature: float = 1.0,
     sparsity_start_epoch: float | None = None,
 ) -> ModelSpec:
     """The sVAE spec; see :class:`SVAE` for the arguments."""
@@ -55,17 +62,36 @@ def svae_spec(
         raise ConfigError(f"sparsity={sparsity!r} must be a non-negative number (0: no sparsity term).")
     mlp = {"n_hidden": n_hidden, "n_layers": n_layers}
     encoder = ComponentSpec("mlp", (), {**mlp, "dropout": dropout_rate})
-    prior = ComponentSpec("sparse_shift", ("t",), {"learn_control": learn_control, "init_log_alpha": init_log_alpha})
     start = kl_warmup_epochs if sparsity_start_epoch is None else sparsity_start_epoch
-    terms = [RegularizerSpec("kl", 1.0, kl_warmup_epochs)]
-    if plus:
-        terms.append(RegularizerSpec("mask_sparsity", sparsity, 0.0,
-                                     {"hyperprior": "beta", "K": K, "start_epoch": start}))
-    elif sparsity > 0:
-        terms.append(RegularizerSpec("mask_sparsity", sparsity, 0.0, {"start_epoch": start}))
+    # one mask per treatment: a global block, relaxed Bernoulli with straight-through 0/1 draws
+    mask_posterior = ComponentSpec("relaxed_bernoulli", (), {"temperature": temperature, "init_logit": init_log_alpha})
+    blocks = []
+    if plus:  # sVAE+: the masks' probabilities are a real site with the Beta(1, K) hyperprior (MAP: a point mass)
+        blocks.append(BlockSpec(MASK_PROBS, n_latent, plate="t",
+                                prior=ComponentSpec("beta", (), {"concentration1": 1.0, "concentration0": K}),
+                                posterior=ComponentSpec("delta", (), {"support": "unit_interval"})))
+        mask_prior = ComponentSpec("bernoulli", (MASK_PROBS,), {"temperature": temperature})
+    else:  # sVAE: an uninformative prior on the masks; the sparsity is the mask_sparsity term
+        mask_prior = ComponentSpec("bernoulli", (), {"probs": 0.5, "temperature": temperature})
+    blocks.append(BlockSpec(MASK, n_latent, plate="t", prior=mask_prior, posterior=mask_posterior))
+    prior = ComponentSpec("sparse_shift", ("t", MASK), {"mask": MASK, "learn_control": learn_control})
+    blocks.append(BlockSpec("z", n_latent, prior=prior, encoder=encoder))
+    terms = [RegularizerSpec("kl", 1.0, kl_warmup_epochs)]  # the per-cell block's KL
+    if plus and sparsity > 0:
+        # λ (K - 1) weighs the global sites' terms (the masks' and the hyperprior's) from the start epoch: the
+        # relaxed masks' KL pulls a logit with a slope of at most 1 per entry, where the Beta(1, K) density on
+        # the probabilities that sVAE+ penalised pulls with (K - 1) σ(logit): the same pressure at saturation
+        terms.append(RegularizerSpec("kl", sparsity * max(K - 1.0, 0.0), 0.0, {"blocks": [MASK, MASK_PROBS]},
+                                     key="mask_prior", start_epoch=start))
+    elif not plus:
+        # sVAE's objective has no term for the masks' distribution (their logits are parameters): the mask
+        # site's prior and entropy terms are weighted 0, the sparsity is mask_sparsity's λ · mean σ(logit)
+        terms.append(RegularizerSpec("kl", 0.0, 0.0, {"blocks": [MASK]}, key="mask_prior"))
+        if sparsity > 0:
+            terms.append(RegularizerSpec("mask_sparsity", sparsity, 0.0, {"blocks": [MASK]}, start_epoch=start))
     return ModelSpec(
         name="svae",
-        blocks=(BlockSpec("z", n_latent, prior=prior, encoder=encoder),),
+        blocks=tuple(blocks),
         decoder=ComponentSpec("mlp", (), mlp),
         likelihood=ComponentSpec(likelihood),
         regularizers=tuple(terms),
@@ -75,10 +101,13 @@ def svae_spec(
 class SVAE(Recipe):
     """sVAE / sVAE+: a VAE whose prior shifts a sparse set of latents per treatment (see the module doc).
 
-    Objective per cell (negative): ``−E_q[log p(y | z)] + w · KL(q(z | y) || N(γ_a ⊙ μ_a, I))``
-    plus ``λ · mean σ(log_alpha)`` (sVAE) or ``λ · (−Σ log Beta(σ(log_alpha); 1, K)) / N`` (sVAE+),
-    with ``w`` warmed up linearly over ``kl_warmup_epochs`` and the sparsity term switched on at
-    ``sparsity_start_epoch`` (default: when the warm-up ends). See ``docs/recipes/svae.md``.
+    Objective per cell (negative): ``−E_q[log p(y | z, γ)] + w · KL(q(z | y) || N(γ_a ⊙ μ_a, I))`` plus
+    the masks' global terms divided by the number of training cells N (``KL(q(γ) || p(γ))``, the
+    masks being one global draw per step), plus ``λ · mean σ(logit γ)`` (sVAE; from epoch
+    ``sparsity_start_epoch``). sVAE+: ``p(γ | π) = Bernoulli(π)``, ``π ~ Beta(1, K)`` a real site
+    (MAP), and ``λ`` weighs the masks' and the hyperprior's terms from epoch ``sparsity_start_epoch``
+    (before it they are weighted 0). ``w`` is warmed up linearly over ``kl_warmup_epochs``. See
+    ``docs/recipes/svae.md``.
 
     Args:
         adata: counts registered with :func:`fcrkit.setup_anndata` with a ``treatment_key``.
@@ -87,16 +116,20 @@ class SVAE(Recipe):
     Keyword Args:
         likelihood: ``"nb"`` (sVAE's), ``"zinb"`` or ``"poisson"``.
         n_latent: latent dimension.
-        plus: sVAE+ (Beta(1, K) hyperprior on the mask probabilities) instead of sVAE's mean penalty.
-        sparsity: λ, the weight of the sparsity term (0 with ``plus=False``: no term).
-        K: the Beta(1, K) parameter of sVAE+ (``K = 1`` exerts no pressure; the term is divided by the
-            number of training cells N, so a larger data set needs a larger K for the same pressure).
+        plus: sVAE+ (a Beta(1, K) hyperprior on the mask probabilities, a real site) instead of sVAE's
+            mean penalty.
+        sparsity: λ, the weight of the sparsity term (sVAE), or of the masks' global terms (sVAE+);
+            0: no term (sVAE) or the unweighted Beta-Bernoulli prior, on from the start (sVAE+).
+        K: the Beta(1, K) parameter of sVAE+ (``K = 1`` exerts no pressure; the global terms are
+            divided by the number of training cells N, so a larger data set needs a larger K or λ for
+            the same pressure).
         kl_warmup_epochs: linear KL warm-up (sVAE: 50 on simulations, 10 on real data).
         n_hidden, n_layers, dropout_rate: encoder and decoder MLPs (dropout in the encoder).
-        learn_control: give controls a learned shift and mask of their own (sVAE's choice, where the
+        learn_control: give controls a learned shift of their own, unmasked (sVAE's choice, where the
             control is one more label); by default their prior is N(0, I), which anchors the origin of
             the latent at the controls and recovers the targets better (see ``docs/recipes/svae.md``).
         init_log_alpha: initial mask logits (5: p ≈ 0.99).
+        temperature: τ of the masks' relaxed Bernoulli (posterior and prior).
         sparsity_start_epoch: no sparsity term before this epoch (default ``kl_warmup_epochs``). Adam
             moves the mask logits at the speed of its learning rate whatever the term's weight, so a
             term that is on from the start prunes the masks while every shift ``μ`` is still 0, and a
@@ -112,25 +145,31 @@ class SVAE(Recipe):
     # -- the masks ----------------------------------------------------------------------------------------
     @property
     def prior(self) -> SparseShift:
-        """The ``sparse_shift`` prior of the latent block."""
+        """The ``sparse_shift`` prior of the latent block (the shifts ``μ``)."""
         return self.module.priors["z"]
 
     @property
     def row_names(self) -> list[str]:
-        """Names of the prior's rows: the treatments, then ``"control"`` with ``learn_control``."""
+        """Names of the shifts' rows: the treatments, then ``"control"`` with ``learn_control``."""
         return list(self.setup.treatments) + ([CONTROL_ROW] if self.prior.learn_control else [])
 
-    def _frame(self, values: torch.Tensor) -> pd.DataFrame:
+    def _frame(self, values: torch.Tensor, rows: Sequence[str]) -> pd.DataFrame:
         columns = [f"z_{j}" for j in range(values.shape[1])]
-        return pd.DataFrame(values.detach().cpu().numpy(), index=pd.Index(self.row_names, name="treatment"),
+        return pd.DataFrame(values.detach().cpu().numpy(), index=pd.Index(list(rows), name="treatment"),
                             columns=columns)
 
-    def mask_probabilities(self) -> pd.DataFrame:
-        """``σ(log_alpha)`` per treatment (rows) and latent dimension (columns ``z_0 ...``).
+    @property
+    def is_binarized(self) -> bool:
+        """Whether the masks are fixed to 0/1 values (:meth:`binarize`, done by :meth:`transfer`)."""
+        return bool(self.module.globals[MASK].is_fixed)
 
-        After :meth:`transfer` (binarised masks) the entries are the fixed 0/1 masks.
+    def mask_probabilities(self) -> pd.DataFrame:
+        """``σ(logit γ)`` per treatment (rows) and latent dimension (columns ``z_0 ...``): the posterior
+        probabilities of the global mask block (``get_global_latent("mask", value="loc")``).
+
+        After :meth:`binarize` (and :meth:`transfer`) the entries are the fixed 0/1 masks.
         """
-        return self._frame(self.prior.mask_probabilities())
+        return self._frame(self.module.global_moments(MASK)["loc"], self.setup.treatments)
 
     def learned_targets(self, threshold: float = 0.5) -> pd.DataFrame:
         """The latent dimensions each treatment shifts: ``mask_probabilities() > threshold`` as 0/1 ints."""
@@ -138,7 +177,19 @@ class SVAE(Recipe):
 
     def shifts(self) -> pd.DataFrame:
         """The learned mean shifts ``μ_a`` per treatment (before masking)."""
-        return self._frame(self.prior.mean)
+        return self._frame(self.prior.mean, self.row_names)
+
+    @torch.no_grad()
+    def binarize(self, threshold: float = 0.5) -> pd.DataFrame:
+        """Fix every mask to ``σ(logit γ) > threshold`` (train and eval alike: the masks are no longer sites);
+        the global blocks of sVAE+'s hyperprior are fixed at their point too. Returns the masks."""
+        if not self.is_binarized:
+            mask = (self.module.global_moments(MASK)["loc"] > threshold).float()
+            for name in self.module.globals:
+                if name != MASK:
+                    self.module.fix_global(name, self.module.global_point(name))
+            self.module.fix_global(MASK, mask)
+        return self.mask_probabilities()
 
     # -- transfer to unseen treatments --------------------------------------------------------------------
     def transfer(
@@ -184,9 +235,11 @@ class SVAE(Recipe):
             ``{"retrain": History, "fit": History}`` (also kept in ``self.transfer_history``).
         """
         rows = self._new_rows(adata_new, new_treatments)
-        prior = self.prior
-        prior.binarize()
-        prior.add_treatments(rows)
+        self.binarize()
+        mask = self.module.globals[MASK].fixed_value.clone()
+        mask[rows] = 1.0  # new treatments: all-ones masks
+        self.module.fix_global(MASK, mask)
+        self.prior.add_treatments(rows)
         history: dict[str, History] = {}
         with self._without_sparsity_and_warmup():
             if retrain_epochs > 0:
@@ -233,7 +286,7 @@ class SVAE(Recipe):
         """The spec with the sparsity term's weight at 0 and no warm-up, while the block runs."""
         spec = self.module.spec
         terms = tuple(dataclasses.replace(r, weight=0.0 if r.name == "mask_sparsity" else r.weight,
-                                          warmup_epochs=0.0) for r in spec.regularizers)
+                                          warmup_epochs=0.0, start_epoch=0.0) for r in spec.regularizers)
         self.module.spec = dataclasses.replace(spec, regularizers=terms)
         try:
             yield

@@ -70,8 +70,12 @@ def random_context(info: ModelInfo, n: int = N_CELLS, *, pairs: int = 0, seed: i
     scale = {b: (0.5 + torch.rand(n, d, generator=generator)).requires_grad_() for b, d in info.block_dims.items()}
     z = {b: loc[b] + scale[b] * torch.randn(n, d, generator=generator) for b, d in info.block_dims.items()}
     y = torch.poisson(torch.full((n, info.n_genes), 3.0), generator=generator)
+    # global blocks: a row per treatment; their loc in (0, 1), as a mask's probabilities
+    rows = info.label_dims.get("t", 2)
+    global_loc = {b: torch.rand(rows, d, generator=generator).requires_grad_() for b, d in info.global_dims.items()}
+    found = {b: (torch.rand(p.shape, generator=generator) < p.detach()).float() for b, p in global_loc.items()}
     return Context(z=z, loc=loc, scale=scale, labels=labels, index=torch.arange(n), n_obs=10 * n, pairs=pairs,
-                   y=y, library=y.sum(-1, keepdim=True))
+                   y=y, library=y.sum(-1, keepdim=True), globals=found, global_loc=global_loc)
 
 
 def check_component(
@@ -82,6 +86,7 @@ def check_component(
     block_dims: Mapping[str, int] | None = None,
     label_dims: Mapping[str, int] | None = None,
     prior: str | Mapping[str, Any] | None = None,
+    global_dims: Mapping[str, int] | None = None,
     seed: int = 0,
 ) -> Any:
     """Build ``component`` (a registered name or a factory) as fcrkit would and exercise its protocol.
@@ -103,6 +108,8 @@ def check_component(
         prior: for a regulariser that runs the model's priors (``ctx.module``): the prior of every
             block of the small model it is given, as a spec entry (``{"name": "sparse_shift",
             "conditions": ["t"]}``); default: conditional Gaussians on every label.
+        global_dims: the global blocks of the model a regulariser joins (``ctx.globals`` and
+            ``ctx.global_loc`` then hold random ``(treatments, dim)`` values); by default none.
         seed: seed of the random inputs.
 
     Returns:
@@ -122,7 +129,7 @@ def check_component(
         "prior": (4, label_dims),
         "decoder": (4, N_GENES, ("mean", "gate"), label_dims),
         "likelihood": (N_GENES,),
-        "regularizer": (ModelInfo(block_dims, label_dims, N_GENES),),
+        "regularizer": (ModelInfo(block_dims, label_dims, N_GENES, global_dims=dict(global_dims or {})),),
         "posterior": (4,),
         "combiner": (block_dims, label_dims),
     }[kind]
