@@ -229,11 +229,12 @@ class GenerativeModel(nn.Module):
     def guide(self, batch: Batch, n_obs: int) -> None:
         """q(z | y, labels) for the cells of ``batch``, after q of the global blocks."""
         plates: dict[str, pyro.plate] = {}
+        drawn = {}  # encoders that read a global block see the guide's draw of it (SAMS-VAE's correlated guide)
         for name, params in self.globals.items():
             family = self.posteriors[name]
-            self._global_site(name, plates, lambda name=name, p=params, f=family: pyro.sample(
+            drawn[name] = self._global_site(name, plates, lambda name=name, p=params, f=family: pyro.sample(
                 name, f.distribution(p.loc, p.scale)))
-        posterior = self.encode(batch)
+        posterior = self.encode(batch, drawn)
         with pyro.plate("cells", n_obs, subsample=batch.index):
             for name, (loc, scale) in posterior.items():
                 pyro.sample(name, self.posteriors[name].distribution(loc, scale))
@@ -244,9 +245,10 @@ class GenerativeModel(nn.Module):
         return [name for name, prior in self.priors.items() if callable(getattr(prior, "sample", None))]
 
     # -- deterministic use of the parts ---------------------------------------------------------------
-    def encode(self, batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
-        """Posterior ``(loc, scale)`` of each block for the cells of ``batch``."""
-        return self.encode_values(batch.y, batch.labels)
+    def encode(self, batch: Batch, drawn: Mapping[str, Tensor] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+        """Posterior ``(loc, scale)`` of each block for the cells of ``batch``; an encoder that reads a global
+        block sees its value in ``drawn`` (the guide's draws), else its point."""
+        return self.encode_values(batch.y, with_values(batch.labels, drawn) if drawn else batch.labels)
 
     def encode_values(self, values: Tensor, labels: Labels) -> dict[str, tuple[Tensor, Tensor]]:
         """Posterior ``(loc, scale)`` of each block for cells with observed ``values`` and ``labels``."""

@@ -4,9 +4,12 @@
 * ``masked``: the same, with one block set to zero for control cells (contrastive models: the
   salient block of background cells is exactly zero);
 * ``sparse_additive``: a basal block plus the cell's treatments' shifts,
-  ``z_basal + Σ_p d_p (σ(m_p) ⊙ e_p)`` (SAMS-VAE's composition, with learned per-treatment
-  embeddings ``e_p`` and soft masks ``m_p``), gathered from the cells' treatment indices with an
-  embedding bag: memory ``O(batch × dims + treatments × dims)``, never ``batch × treatments × dims``.
+  ``z_basal + Σ_p d_p (m_p ⊙ e_p)`` (SAMS-VAE's composition), gathered from the cells' treatment
+  indices with an embedding bag: memory ``O(batch × dims + treatments × dims)``, never
+  ``batch × treatments × dims``. The embeddings ``e_p`` and masks ``m_p`` are point parameters of
+  the combiner (soft masks ``σ(logits)``), or latent global blocks (``plate = "t"``) that the
+  combiner names with ``embedding`` / ``mask`` and lists among its conditions (SAMS-VAE's priors
+  and posteriors over them).
 """
 
 from __future__ import annotations
@@ -66,18 +69,62 @@ class Masked(Concat):
         return super().forward({**z, self.block: z[self.block] * treated}, labels)
 
 
+def treatment_shifts(labels: Labels, table: Tensor, n_cells: int) -> Tensor:
+    """``Σ_p d_cp table[p]`` for each of the ``n_cells`` cells of ``labels``: ``(n_cells, dim)``.
+
+    ``table`` holds one row per treatment (e.g. ``m_p ⊙ e_p``). An embedding bag over the cells' (few)
+    non-zero treatment entries (:func:`~fcrkit.data.labels.treatment_entries`): memory
+    ``O(n_cells × dim + treatments × dim)``, no ``(cells, treatments, dim)`` tensor; controls get 0.
+    """
+    cells, treatments, doses = treatment_entries(labels)
+    counts = torch.bincount(cells, minlength=n_cells)
+    offsets = torch.cumsum(counts, 0) - counts
+    return F.embedding_bag(treatments, table, offsets, mode="sum", per_sample_weights=doses.to(table.dtype))
+
+
+def shift_blocks(label_dims: LabelDims, dim: int, owner: str, embedding: str | None,
+                 mask: str | None) -> tuple[str | None, str | None]:
+    """Check the global blocks ``embedding`` / ``mask`` a part reads its per-treatment shifts from.
+
+    Each must be one of the part's conditions (so the model hands it the block's ``(treatments, dim)``
+    value) with rows as wide as the shifted block (``dim``); a mask needs an embedding.
+    """
+    if mask is not None and embedding is None:
+        raise ConfigError(f"{owner}: mask={mask!r} needs embedding= too (the mask switches embedding entries).")
+    for option, block in (("embedding", embedding), ("mask", mask)):
+        if block is None:
+            continue
+        if block not in label_dims:
+            wanted = ["t", *(b for b in (embedding, mask) if b is not None)]
+            raise ConfigError(f"{owner}: {option}={block!r} is read from a global block, so list it among the "
+                              f"conditions: conditions = {wanted!r}.")
+        if label_dims[block] != dim:
+            raise ConfigError(f"{owner}: global block {block!r} ({option}) has dimension {label_dims[block]}, but the "
+                              f"shifted block has {dim}; give them the same dim.")
+    return embedding, mask
+
+
 class SparseAdditive(nn.Module):
-    """``z_basal + Σ_p d_p (σ(m_p) ⊙ e_p)``, then the other blocks concatenated after it.
+    """``z_basal + Σ_p d_p (m_p ⊙ e_p)``, then the other per-cell blocks concatenated after it.
+
+    Without ``embedding``, ``e_p`` and the soft mask ``σ(logit_p)`` are point parameters of the combiner.
+    With ``embedding`` (and optionally ``mask``), they are the values of those global blocks
+    (``plate = "t"``, listed among the combiner's conditions), e.g. SAMS-VAE's latent embeddings
+    and Bernoulli masks; without ``mask`` the embeddings are added unmasked.
 
     Args:
-        block_dims: the model's blocks and their sizes.
-        label_dims: the combiner's labels (``"t"`` needed).
+        block_dims: the model's per-cell blocks and their sizes.
+        label_dims: the combiner's labels (``"t"`` needed, and the global blocks it reads).
         basal: the block the treatment shifts are added to.
-        init_mask_logit: initial logit of every mask entry (5: masks start open, σ(5) ≈ 0.99).
+        init_mask_logit: initial logit of every mask entry of the point parameters (5: masks start
+            open, σ(5) ≈ 0.99).
+        embedding: a global block holding the per-treatment embeddings ``e_p`` (None: point parameters).
+        mask: a global block holding the per-treatment masks ``m_p`` (None: no mask, or the point
+            parameters' soft masks when ``embedding`` is None).
     """
 
     def __init__(self, block_dims: Mapping[str, int], label_dims: LabelDims, *, basal: str = "z",
-                 init_mask_logit: float = 5.0):
+                 init_mask_logit: float = 5.0, embedding: str | None = None, mask: str | None = None):
         super().__init__()
         if "t" not in label_dims:
             raise ConfigError("combiner 'sparse_additive' adds the cells' treatment shifts, so it needs the "
@@ -85,24 +132,27 @@ class SparseAdditive(nn.Module):
         self.basal = _known_block(basal, block_dims, "sparse_additive")
         self.others = tuple(b for b in block_dims if b != basal)
         dim, n_treatments = block_dims[basal], label_dims["t"]
-        self.embeddings = nn.Parameter(torch.zeros(n_treatments, dim))
-        self.mask_logits = nn.Parameter(torch.full((n_treatments, dim), float(init_mask_logit)))
+        self.embedding, self.mask = shift_blocks(label_dims, dim, "combiner 'sparse_additive'", embedding, mask)
+        if self.embedding is None:
+            self.embeddings = nn.Parameter(torch.zeros(n_treatments, dim))
+            self.mask_logits = nn.Parameter(torch.full((n_treatments, dim), float(init_mask_logit)))
         self.n_output = sum(block_dims.values())
 
-    def shifts(self, labels: Labels, n_cells: int) -> Tensor:
-        """``Σ_p d_cp (σ(m_p) ⊙ e_p)`` for each of the ``n_cells`` cells of ``labels``, ``(n_cells, dim)``.
+    def table(self, z: Mapping[str, Tensor]) -> Tensor:
+        """The per-treatment shifts ``m_p ⊙ e_p``, ``(treatments, dim)``: from the global blocks in ``z`` when
+        the combiner names them, else from its parameters."""
+        if self.embedding is None:
+            return torch.sigmoid(self.mask_logits) * self.embeddings
+        return z[self.embedding] if self.mask is None else z[self.mask] * z[self.embedding]
 
-        An embedding bag over the cells' (few) non-zero treatment entries: no ``(B, P, dim)`` tensor.
-        """
-        cells, treatments, doses = treatment_entries(labels)
-        counts = torch.bincount(cells, minlength=n_cells)
-        offsets = torch.cumsum(counts, 0) - counts
-        table = torch.sigmoid(self.mask_logits) * self.embeddings
-        return F.embedding_bag(treatments, table, offsets, mode="sum", per_sample_weights=doses)
+    def shifts(self, labels: Labels, n_cells: int, z: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``Σ_p d_cp (m_p ⊙ e_p)`` for each of the ``n_cells`` cells of ``labels``, ``(n_cells, dim)``
+        (``z``: the blocks, needed when the shifts come from global blocks)."""
+        return treatment_shifts(labels, self.table(z or {}), n_cells)
 
     def forward(self, z: Mapping[str, Tensor], labels: Labels) -> Tensor:
-        """The shifted basal block, then the other blocks."""
-        shifted = z[self.basal] + self.shifts(labels, z[self.basal].shape[0])
+        """The shifted basal block, then the other per-cell blocks."""
+        shifted = z[self.basal] + self.shifts(labels, z[self.basal].shape[0], z)
         return torch.cat([shifted, *(z[b] for b in self.others)], dim=-1)
 
 

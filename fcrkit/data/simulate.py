@@ -17,6 +17,9 @@ Three worlds, all ``latent -> random leaky-ReLU network -> softmax gene fraction
 ``contrastive``
     the contrastiveVI world: background cells with a shared latent only, target cells with a
     salient latent too (subgroups), for comparative models such as ``ContrastiveVI``.
+``sparse_additive``
+    the SAMS-VAE world: single perturbations each shift 1-2 latents, double perturbations shift by
+    the sum of their singles' shifts; for predicting combinations never seen from their parts.
 
 The pieces they share (the random mixing network, its forward pass, library sizes and the
 observation noise) are the small private functions below.
@@ -737,4 +740,149 @@ def contrastive(
     adata.obsm["z_shared"] = z_shared.astype(np.float32)
     adata.obsm["z_salient"] = z_salient.astype(np.float32)
     adata.uns["simulation"] = {"kind": "contrastive", "seed": int(seed)}
+    return adata
+
+
+def sparse_additive(
+    n_cells: int = 6000,
+    n_genes: int = 100,
+    n_latent: int = 8,
+    n_perturbations: int = 8,
+    n_doubles: int = 10,
+    *,
+    seed: int = 0,
+    max_targets: int = 2,
+    shift_mean: float = 2.0,
+    shift_sd: float = 0.3,
+    library_size: float = 5000.0,
+    dispersion: float = 10.0,
+    mixing_gain: float = 1.5,
+) -> AnnData:
+    """The SAMS-VAE world (Bereket & Karaletsos, NeurIPS 2023): sparse latent shifts that add up.
+
+    **Perturbations.** ``P = n_perturbations`` single perturbations ``pert_0 .. pert_{P-1}`` and
+    ``n_doubles`` distinct pairs of them, drawn uniformly among the ``P (P - 1) / 2`` pairs and
+    written ``"pert_i+pert_j"`` (``i < j``). The conditions are the control, the singles and the
+    doubles; the cells are dealt round-robin over them, then shuffled: every condition has about
+    ``n_cells / (1 + P + n_doubles)`` cells.
+
+    **Targets and shifts.** Perturbation ``p`` targets ``k_p ~ Uniform{1, ..., max_targets}``
+    distinct latent dimensions, drawn uniformly; on each target it shifts the latent by ``s · m``
+    with a random sign ``s = ±1`` and ``m ~ N(shift_mean, shift_sd^2)``. The ``(P, n_latent)`` 0/1
+    target matrix and the signed shifts ``e_p`` (0 off target) are stored.
+
+    **Latents.** Per cell ``z = z_basal + Σ_{p in the cell's condition} e_p`` with
+    ``z_basal ~ N(0, I)``: a double moves the latent by exactly the sum of its singles' shifts.
+
+    **Mixing.** ``z`` goes through :func:`interaction`'s random leaky-ReLU MLP (two hidden layers of
+    width ``max(4 d, 16)``, orthogonal weights, hidden biases ``N(0, 1)``, gene baselines
+    ``N(0, 1)``) with hidden gain ``mixing_gain``; the gene fractions are the softmax of its logits.
+    So the latent shifts add up, but their effects on expression do not: the expression-additive
+    answer (controls plus each single's change) misses a double's response.
+
+    **Observations.** Library sizes ``l ~ LogNormal(log library_size, 0.3^2)`` per cell, then
+    ``y_g ~ NB(mean = l p_g, theta = dispersion)``, sampled as gamma-Poisson.
+
+    **Randomness.** ``seed`` seeds three independent streams: the perturbations (targets, shifts,
+    doubles), the mixing network, and the cells (labels, latents, libraries, noise); so the world
+    does not depend on ``n_cells``.
+
+    Args:
+        n_cells: number of cells, at least one per condition.
+        n_genes: number of genes.
+        n_latent: latent dimension ``d`` (at least ``max_targets``).
+        n_perturbations: single perturbations (at least 2).
+        n_doubles: double perturbations, at most ``P (P - 1) / 2`` (0: singles only).
+        seed: non-negative integer seed.
+        max_targets: most latents a perturbation shifts.
+        shift_mean: mean size of a shift.
+        shift_sd: standard deviation of the size of a shift.
+        library_size: typical total counts per cell.
+        dispersion: NB inverse dispersion ``theta``.
+        mixing_gain: gain of the mixing network's hidden layers (larger: more non-linear).
+
+    Returns:
+        An AnnData with CSR ``int32`` counts in ``X``, var names ``gene_0 ...``, categorical
+        ``obs["treatment"]`` (``control``, singles, doubles), the true latent in ``obsm["z_true"]``
+        and the basal latent in ``obsm["z_basal"]`` (``float32``), and ``uns["simulation"]`` with
+        ``kind = "sparse_additive"``, ``seed``, the settings, ``perturbations`` (row order),
+        ``doubles``, ``targets`` (``(P, d)`` ``int8`` 0/1, the true target matrix) and ``shifts``
+        (``(P, d)``, signed, 0 off target). Ready for ``fcrkit.setup_anndata(adata,
+        treatment_key="treatment", control_value="control")``; storable with ``write_h5ad``.
+
+    Raises:
+        ConfigError: a size is not a positive integer, ``n_perturbations < 2``, ``n_doubles`` is
+            negative or more than the pairs there are, ``max_targets > n_latent``, ``n_cells`` is
+            too few for every condition to have a cell, a real setting is not positive, or ``seed``
+            is not a non-negative integer.
+    """
+    _check_positive(n_cells=n_cells, n_genes=n_genes, n_latent=n_latent, n_perturbations=n_perturbations,
+                    max_targets=max_targets)
+    if n_perturbations < 2:
+        raise ConfigError(f"simulate: n_perturbations={n_perturbations!r} must be at least 2 (doubles pair them).")
+    n_pairs = n_perturbations * (n_perturbations - 1) // 2
+    if isinstance(n_doubles, bool) or not isinstance(n_doubles, (int, np.integer)) or not 0 <= n_doubles <= n_pairs:
+        raise ConfigError(f"simulate: n_doubles={n_doubles!r} must be an integer in [0, {n_pairs}] (the pairs of "
+                          f"{n_perturbations} perturbations).")
+    if max_targets > n_latent:
+        raise ConfigError(f"simulate: max_targets={max_targets} is more than n_latent={n_latent}.")
+    n_conditions = 1 + n_perturbations + int(n_doubles)
+    if n_cells < n_conditions:
+        raise ConfigError(f"simulate: n_cells={n_cells} is too few for {n_conditions} conditions (control, "
+                          f"{n_perturbations} singles, {n_doubles} doubles) to have a cell each.")
+    _check_positive_real(shift_mean=shift_mean, shift_sd=shift_sd, library_size=library_size, dispersion=dispersion,
+                         mixing_gain=mixing_gain)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"simulate: seed={seed!r} must be a non-negative integer.")
+
+    rng_world, rng_mixing, rng_cells = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3))
+    targets = np.zeros((n_perturbations, n_latent), dtype=np.int8)
+    for p in range(n_perturbations):
+        targets[p, rng_world.choice(n_latent, size=rng_world.integers(1, max_targets + 1), replace=False)] = 1
+    signs = rng_world.choice([-1.0, 1.0], size=targets.shape)
+    shifts = targets * signs * rng_world.normal(shift_mean, shift_sd, size=targets.shape)
+    pairs = np.array([(i, j) for i in range(n_perturbations) for j in range(i + 1, n_perturbations)], dtype=int)
+    doubles = pairs[np.sort(rng_world.choice(len(pairs), size=int(n_doubles), replace=False))]
+    # condition -> 0/1 row over perturbations: control, singles, doubles
+    design = np.zeros((n_conditions, n_perturbations))
+    design[1 + np.arange(n_perturbations), np.arange(n_perturbations)] = 1.0
+    for row, (i, j) in enumerate(doubles, start=1 + n_perturbations):
+        design[row, [i, j]] = 1.0
+    means = design @ shifts
+
+    reference = means[rng_mixing.integers(n_conditions, size=_N_REFERENCE)]
+    reference = reference + rng_mixing.standard_normal(size=reference.shape)
+    weights, biases = _mixing_network(rng_mixing, n_latent, n_genes, reference, mixing_gain)
+
+    condition = rng_cells.permutation(np.arange(n_cells) % n_conditions)
+    z_basal = rng_cells.standard_normal(size=(n_cells, n_latent))
+    z = z_basal + means[condition]
+    fractions = _softmax(_mlp(z, weights, biases))
+    library = _library_sizes(rng_cells, n_cells, library_size)
+    counts = _observe(rng_cells, fractions, library, "nb", dispersion, library_size)
+
+    perturbations = [f"pert_{p}" for p in range(n_perturbations)]
+    double_names = [f"{perturbations[i]}+{perturbations[j]}" for i, j in doubles]
+    labels = ["control", *perturbations, *double_names]
+    obs = pd.DataFrame({"treatment": pd.Categorical.from_codes(condition, categories=labels)},
+                       index=[f"cell_{i}" for i in range(n_cells)])
+    var = pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)])
+    adata = AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+    adata.obsm["z_true"] = z.astype(np.float32)
+    adata.obsm["z_basal"] = z_basal.astype(np.float32)
+    adata.uns["simulation"] = {
+        "kind": "sparse_additive",
+        "seed": int(seed),
+        "n_latent": int(n_latent),
+        "max_targets": int(max_targets),
+        "shift_mean": float(shift_mean),
+        "shift_sd": float(shift_sd),
+        "library_size": float(library_size),
+        "dispersion": float(dispersion),
+        "mixing_gain": float(mixing_gain),
+        "perturbations": np.array(perturbations, dtype=object),
+        "doubles": np.array(double_names, dtype=object),
+        "targets": targets,
+        "shifts": shifts,
+    }
     return adata

@@ -24,3 +24,6 @@ __all__ += ["Additive", "Baseline", "LinearRidge", "NoChange", "PerturbedMean"]
 from fcrkit.models.contrastivevi import ContrastiveVI, contrastivevi_spec  # noqa: E402
 
 __all__ += ["ContrastiveVI", "contrastivevi_spec"]
+from fcrkit.models.samsvae import SAMSVAE, samsvae_spec  # noqa: E402
+
+__all__ += ["SAMSVAE", "samsvae_spec"]
