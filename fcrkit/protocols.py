@@ -282,6 +282,11 @@ class Regularizer(Protocol):
     It may also own an adversary: an ``adversary`` attribute (an ``nn.Module``, kept out of the model's
     parameters), ``adversary_loss(ctx)`` computed on detached latents, ``adversary_steps`` (steps per
     model step, default 1) and ``adversary_lr``. The trainer gives the adversary its own optimiser.
+
+    A regulariser that compares cells of a minibatch with each other (a kernel, a permutation)
+    sets ``global_batch = True``: under data-parallel training its ``loss`` and ``adversary_loss``
+    then see every process's cells of the global batch (gathered latents; gradients reach each
+    process's own cells; see :mod:`fcrkit.train.strategy`). In one process nothing changes.
     """
 
 

@@ -19,10 +19,15 @@ What is checked:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pyro
 import pytest
@@ -33,9 +38,11 @@ import fcrkit
 from fcrkit.data.loaders import CellData
 from fcrkit.errors import ConfigError
 from fcrkit.metrics import linear_r2
+from fcrkit.train import checkpoint
 from fcrkit.train.distributed import resolve_strategy
 from fcrkit.train.trainer import Trainer, TrainingPlan
 
+ROOT = str(Path(__file__).resolve().parents[1])
 ELBO_TOLERANCE = 0.08  # relative difference of the final -ELBO per cell, DDP vs one process
 R2_TOLERANCE = 0.25  # absolute difference of the linear R² with the true latent
 
@@ -153,6 +160,96 @@ def test_two_processes_under_torchrun_hold_identical_parameters(tmp_path):
     assert_agrees("FactorVAE", ddp, single, adata)
 
 
+# -- checkpoints and exact resume ---------------------------------------------------------------------------------
+RESUME_SCRIPT = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+import torch.distributed as dist
+import fcrkit
+from fcrkit.train import checkpoint
+
+cfg = json.loads(sys.argv[1])
+adata = fcrkit.simulate.basic(n_cells=300, n_genes=30, seed=0)
+fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["cell_type"], control_value="control")
+if cfg.get("sleep"):  # slow rank 0 down after each checkpoint (the other rank waits for it) so the test can kill it
+    save = checkpoint.save
+    def slow_save(*args, **kwargs):
+        path = save(*args, **kwargs)
+        time.sleep(cfg["sleep"])
+        return path
+    checkpoint.save = slow_save
+# FCR: control pairing, adversaries and global-batch regularisers (the permutation discriminators)
+model = fcrkit.models.FCR(adata, likelihood="nb", n_latent={"x": 3, "t": 3, "tx": 3}, n_hidden=16, seed=0)
+history = model.train(cfg["epochs"], batch_size=32, seed=1, progress_bar=False, accelerator="cpu", strategy="ddp",
+                      **cfg.get("train", {}))
+state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+torch.save({"state": state, "values": history.values}, f"{cfg['out']}_rank{dist.get_rank()}.pt")
+"""
+
+
+def torchrun(tmp_path, name: str, **cfg) -> subprocess.Popen:
+    """The resume script under torchrun with 2 gloo processes, in its own session (so the test can kill all of it)."""
+    script = tmp_path / "resume.py"
+    if not script.exists():
+        script.write_text(RESUME_SCRIPT)
+    cfg["out"] = str(tmp_path / name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FCRKIT_DISABLE_PLUGINS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(script), json.dumps(cfg)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_a_ddp_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+    epochs, directory = 8, tmp_path / "checkpoints"
+    plan = {"checkpoint_dir": str(directory), "checkpoint_every": 1}
+    reference = torchrun(tmp_path, "reference", epochs=epochs)
+    victim = torchrun(tmp_path, "victim", epochs=epochs, sleep=0.5, train=plan)
+    try:
+        deadline = time.monotonic() + 240
+        while (checkpoint_epoch(directory) or 0) < 2:
+            assert victim.poll() is None, victim.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the ddp run never reached epoch 2"
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both workers at once
+        victim.wait(timeout=60)
+    killed_at = checkpoint_epoch(directory)
+    assert 2 <= killed_at < epochs - 1, f"the run was killed after epoch {killed_at}: nothing left to resume"
+    assert checkpoint.load(directory)["identity"]["processes"] == 2
+
+    resumed = torchrun(tmp_path, "resumed", epochs=epochs, train={**plan, "resume": True})
+    for run in (resumed, reference):
+        output, _ = run.communicate(timeout=300)
+        assert run.returncode == 0, output[-3000:]
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"resumed_rank{rank}.pt", weights_only=True)
+        expected = torch.load(tmp_path / f"reference_rank{rank}.pt", weights_only=True)
+        for key, value in expected["state"].items():
+            assert torch.equal(got["state"][key], value), f"rank {rank}: {key} differs from the uninterrupted run"
+        assert got["values"] == expected["values"]
+        assert len(got["values"]["loss"]) == epochs
+
+
+def checkpoint_epoch(directory) -> int | None:
+    payload = checkpoint.load(directory)
+    return None if payload is None else payload["state"]["epoch"]
+
+
+def test_resuming_with_another_number_of_processes_is_refused(gloo_group_of_one, small_adata, tmp_path):
+    settings = {"batch_size": 64, "seed": 0, "accelerator": "cpu", "strategy": "ddp", "checkpoint_dir": tmp_path}
+    model = fcrkit.models.SCVI(small_adata, n_latent=2, seed=0)
+    model.train(1, **settings)
+    payload = checkpoint.load(tmp_path)
+    assert payload["identity"]["processes"] == 1 and len(payload["state"]["rng"]["ranks"]) == 1
+    payload["identity"]["processes"] = 2  # as two processes would have written it
+    checkpoint.save(tmp_path, payload["identity"], payload["state"])
+    with pytest.raises(ConfigError, match="processes=2 in the checkpoint, 1 here"):
+        model.train(2, resume=True, **settings)
+
+
 # -- errors ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("strategy,devices,match", [
     ("dp", None, "strategy='dp' is not one of"),
@@ -172,12 +269,6 @@ def test_ddp_without_devices_outside_torchrun_is_refused(small_adata, monkeypatc
     model = fcrkit.models.SCVI(small_adata, n_latent=2, seed=0)
     with pytest.raises(ConfigError, match="needs devices=N"):
         model.train(max_epochs=1, strategy="ddp", accelerator="cpu")
-
-
-def test_ddp_with_checkpoints_is_refused(small_adata, tmp_path):
-    model = fcrkit.models.SCVI(small_adata, n_latent=2, seed=0)
-    with pytest.raises(ConfigError, match="checkpoint_dir .* not supported with strategy='ddp'"):
-        model.train(max_epochs=1, strategy="ddp", devices=2, checkpoint_dir=tmp_path)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
