@@ -160,6 +160,69 @@ def test_two_processes_under_torchrun_hold_identical_parameters(tmp_path):
     assert_agrees("FactorVAE", ddp, single, adata)
 
 
+# -- global-batch terms --------------------------------------------------------------------------------------------
+GATHER_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from fcrkit.metrics import hsic_torch
+from fcrkit.protocols import BlockMoments, Context
+from fcrkit.train.strategy import DataParallel
+
+SIZES = [7, 5]  # this step's cells on rank 0 and rank 1 (uneven, as a last batch can be)
+
+
+def run(rank, init, out):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(0)  # the same global batch and weights on both ranks
+    z, s, w = torch.randn(12, 3), torch.randn(12, 2), torch.randn(3)
+    start = sum(SIZES[:rank])
+    weight = w.clone().requires_grad_()
+    local = z[start:start + SIZES[rank]] * weight  # this rank's latents, a function of the shared weight
+    strategy = DataParallel(n_obs=12)
+    strategy._step_sizes = SIZES
+    ctx = Context(z={"a": local}, loc=BlockMoments({"a": local}, "loc"),
+                  scale=BlockMoments({"a": local.exp()}, "scale"), labels={"x": s[start:start + SIZES[rank]]},
+                  index=torch.arange(SIZES[rank]), n_obs=12)
+    whole = strategy.global_context(ctx)
+    hsic_torch(whole.z["a"], whole.labels["x"]).backward()
+    strategy.reduce_gradients([weight])  # summed over ranks: each rank's gradient reached its own cells only
+    if rank == 0:
+        torch.save({"grad": weight.grad, "z": whole.z["a"].detach(), "index": whole.index, "z_true": z * w,
+                    "hsic": hsic_torch(whole.z["a"], whole.labels["x"]).detach()}, out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+"""
+
+
+def test_a_global_batch_term_on_two_processes_has_the_gradient_of_the_whole_batch(tmp_path):
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT)
+    out = tmp_path / "out.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FCRKIT_DISABLE_PLUGINS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(script), f"file://{tmp_path / 'rendezvous'}", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = torch.load(out, weights_only=True)
+    torch.manual_seed(0)
+    z, s, w = torch.randn(12, 3), torch.randn(12, 2), torch.randn(3)
+    weight = w.clone().requires_grad_()
+    from fcrkit.metrics import hsic_torch
+
+    expected = hsic_torch(z * weight, s)
+    expected.backward()
+    assert torch.equal(got["z"], got["z_true"])  # every rank's cells, in rank order
+    # numbered in the whole data set: rank 1's shard of the 12 cells starts at row 6
+    assert got["index"].tolist() == list(range(7)) + list(range(6, 11))
+    torch.testing.assert_close(got["hsic"], expected.detach())
+    torch.testing.assert_close(got["grad"], weight.grad)  # the one-process gradient of the whole batch's HSIC
+
+
 # -- checkpoints and exact resume ---------------------------------------------------------------------------------
 RESUME_SCRIPT = """
 import json, sys, time
