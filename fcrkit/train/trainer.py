@@ -232,7 +232,7 @@ class Trainer:
                 terms = {"elbo": self.elbo.differentiable_loss(self.module.model, guide, batch, plate) / n_obs}
             ctx = self.module.context(guide.trace, batch, plate, int(epoch), epoch / self.plan.max_epochs, pairs)
             self._global_ctx = None
-            if any(uses_global_batch(reg) for reg in self.regularizers.values()):
+            if with_terms and any(uses_global_batch(reg) for reg in self.regularizers.values()):
                 self._global_ctx = self.strategy.global_context(ctx)
             if with_terms:
                 for name, reg in self.regularizers.items():
