@@ -29,12 +29,18 @@ import textwrap
 import time
 from pathlib import Path
 
+import anndata as ad
+import numpy as np
 import pyro
 import pytest
+import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 
 import fcrkit
+from fcrkit.data.anndata import get_setup
+from fcrkit.data.backed import cell_data
+from fcrkit.data.disk import DiskMatrix
 from fcrkit.data.loaders import CellData
 from fcrkit.errors import ConfigError
 from fcrkit.metrics import linear_r2
@@ -158,6 +164,35 @@ def test_two_processes_under_torchrun_hold_identical_parameters(tmp_path):
     single = fcrkit.models.FactorVAE(adata, **FACTORVAE_OPTIONS, seed=0)
     single.train(max_epochs=EPOCHS, batch_size=2 * PER_RANK_BATCH, lr=LR, seed=0, accelerator="cpu")
     assert_agrees("FactorVAE", ddp, single, adata)
+
+
+# -- sharded data --------------------------------------------------------------------------------------------------
+def test_a_rank_reads_only_its_shard_of_a_backed_file(small_adata, tmp_path, monkeypatch):
+    adata = small_adata.copy()
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    read: list[np.ndarray] = []
+    rows = DiskMatrix.rows
+
+    def recording_rows(self, which):
+        read.append(np.asarray(which))
+        return rows(self, which)
+
+    monkeypatch.setattr(DiskMatrix, "rows", recording_rows)
+    shard = cell_data(backed, get_setup(backed), rows=(200, 400), chunk_cells=64)
+    memory = CellData.from_anndata(adata[200:400], get_setup(adata))
+    assert shard.n_obs == 200
+    torch.testing.assert_close(shard.library, memory.library)
+    batches = list(shard.iter_batches(torch.arange(200), 48, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                      sizes=[50, 50, 50, 40]))
+    assert [len(b.index) for b in batches] == [50, 50, 50, 40]  # the sizes given (10 cells left for this epoch)
+    for batch in batches:  # the shard's rows, numbered within it
+        expected = memory.batch(batch.index)
+        assert torch.equal(batch.y, expected.y)
+        assert all(torch.equal(batch.labels[k], expected.labels[k]) for k in expected.labels)
+    assert read and all(r.min() >= 200 and r.max() < 400 for r in read)  # nothing outside the shard was read
+    backed.file.close()
 
 
 # -- global-batch terms --------------------------------------------------------------------------------------------
