@@ -272,11 +272,7 @@ adata = fcrkit.simulate.basic(n_cells=300, n_genes=30, seed=0)
 fcrkit.setup_anndata(adata, treatment_key="treatment", covariate_keys=["cell_type"], control_value="control")
 if cfg.get("sleep"):  # slow rank 0 down after each checkpoint (the other rank waits for it) so the test can kill it
     save = checkpoint.save
-    def slow_save(*args, **kwargs):
-        path = save(*args, **kwargs)
-        time.sleep(cfg["sleep"])
-        return path
-    checkpoint.save = slow_save
+    checkpoint.save = lambda *args, **kwargs: (save(*args, **kwargs), time.sleep(cfg["sleep"]))[0]
 # FCR: control pairing, adversaries and global-batch regularisers (the permutation discriminators)
 model = fcrkit.models.FCR(adata, likelihood="nb", n_latent={"x": 3, "t": 3, "tx": 3}, n_hidden=16, seed=0)
 history = model.train(cfg["epochs"], batch_size=32, seed=1, progress_bar=False, accelerator="cpu", strategy="ddp",
