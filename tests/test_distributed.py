@@ -14,6 +14,10 @@ What is checked:
   latent within ``R2_TOLERANCE`` (0.25; measured 0.02-0.17, one-process seeds spread by 0.17).
   The spread between seeds, not DDP, sets these bounds: any float difference (another CPU) moves a
   run like another seed would;
+* a run of 2 torchrun processes killed with SIGKILL (launcher and workers) and resumed from its
+  checkpoint ends bit for bit where the uninterrupted run ends; another number of processes is refused;
+* a rank reads only its shard of a backed file; a global-batch term (HSIC) computed on two processes
+  has exactly the one-process gradient of the whole batch;
 * clear errors for bad strategies, device counts and unsupported settings.
 """
 
