@@ -367,6 +367,11 @@ class LossTerm(Protocol):
 
     Optional attributes the trainer reads: ``needs_control_pairing`` (True: the model spec must pair
     each cell with a control, see :attr:`Context.pairs`).
+
+    A regulariser that compares cells of a minibatch with each other (a kernel, a permutation)
+    sets ``global_batch = True``: under data-parallel training its ``loss`` and ``adversary_loss``
+    then see every process's cells of the global batch (gathered latents; gradients reach each
+    process's own cells; see :mod:`fcrkit.train.strategy`). In one process nothing changes.
     """
 
     def loss(self, ctx: Context) -> Tensor:

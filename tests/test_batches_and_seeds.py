@@ -9,7 +9,6 @@ weights of a model built without ``seed=`` came from the global random state, so
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -129,21 +128,18 @@ def test_a_constructor_seed_or_a_trained_model_keeps_its_weights() -> None:
     assert any(not torch.equal(trained[k], v) for k, v in model.module.state_dict().items())
 
 
-@pytest.mark.parametrize("n_train, min_cells", [(2 * 2 * 16 + 3, 2), (2 * 2 * 16 + 1, 1), (2 * 2 * 16 + 4, 2)])
-def test_ddp_shards_never_give_a_rank_a_single_cell(n_train: int, min_cells: int) -> None:
-    """Two processes at batch 16 (global batch 32): a remainder of 3 cells would leave one rank a single cell."""
-    from fcrkit.train.distributed import DistributedTrainer
+@pytest.mark.parametrize("counts", [(35, 34), (33, 32), (32, 31), (40, 20)])
+def test_ddp_ranks_take_the_same_steps_and_never_a_single_cell(counts: tuple[int, int]) -> None:
+    """Two processes at batch 16: every rank takes as many steps, visits each of its cells once, none alone."""
+    from fcrkit.train.strategy import rank_batch_sizes
 
-    train_idx = torch.arange(n_train)
-    parts = {}
-    for rank in (0, 1):
-        trainer = SimpleNamespace(plan=SimpleNamespace(batch_size=16, drop_last=False), world=2, rank=rank,
-                                  min_cells=min_cells)  # a model with (2) or without (1) batch normalisation
-        parts[rank] = DistributedTrainer._shards(trainer, train_idx, torch.Generator().manual_seed(0))
-    sizes = [[len(cells) for cells, _ in parts[rank]] for rank in (0, 1)]
+    sizes = rank_batch_sizes(list(counts), 16)
     assert len(sizes[0]) == len(sizes[1])  # every rank takes the same number of steps
-    assert min(min(s) for s in sizes) >= min_cells
-    if n_train % 32 == 3:
-        assert sizes == [[16, 18], [16, 17]]  # the 3 cells joined the last full batch
-    seen = torch.cat([cells for rank in (0, 1) for cells, _ in parts[rank]])
-    assert sorted(seen.tolist()) == list(range(n_train))  # every cell once, on one rank
+    assert [sum(s) for s in sizes] == list(counts)  # every cell once an epoch
+    assert min(min(s) for s in sizes) >= 2  # batch normalisation never sees a single cell
+    assert sizes[0] == batch_sizes(counts[0], 16)  # a rank that needs the most steps batches as one process does
+    if counts == (33, 32):
+        assert sizes == [[16, 17], [16, 16]]  # rank 0's one remaining cell joined its last full batch
+    if counts == (40, 20):
+        assert sizes == [[16, 16, 8], [7, 7, 6]]  # the rank with fewer cells cuts them into as many steps
+    assert rank_batch_sizes(list(counts), 16, drop_last=True) == [[16] * (min(counts) // 16)] * 2

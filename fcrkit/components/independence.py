@@ -134,6 +134,8 @@ class HSICPenalty:
         use: ``"z"`` (posterior samples, as in the paper) or ``"loc"`` (posterior means).
     """
 
+    global_batch = True  # a kernel over the minibatch's cells: under data parallelism, the whole global batch
+
     def __init__(self, info: ModelInfo, *, blocks: Sequence[str] | None = None, label: str = "x", use: str = "z"):
         self.blocks = _check_blocks(info, list(info.block_dims) if blocks is None else blocks, "hsic")
         if label not in ("x", "t"):

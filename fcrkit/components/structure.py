@@ -137,6 +137,8 @@ class PermutationDiscriminator(nn.Module):
             FCR code did by mistake (for comparison only).
     """
 
+    global_batch = True  # it compares cells of a minibatch: under data parallelism, of the whole global batch
+
     def __init__(self, info: ModelInfo, *, blocks: Sequence[str] = ("t", "tx"), n_hidden: int = 64,
                  n_layers: int = 2, adversary_lr: float = 1e-3, adversary_steps: int = 1,
                  alternate_every: int = 0, published_noop: bool = False):

@@ -30,7 +30,7 @@ from anndata import AnnData
 from torch import Tensor
 
 from fcrkit.data.anndata import AnnDataSetup, get_matrix
-from fcrkit.data.disk import DiskMatrix, disk_matrix
+from fcrkit.data.disk import DiskMatrix, DiskRowRange, disk_matrix
 from fcrkit.data.labels import EncodedLabel, IndexedLabels
 from fcrkit.data.loaders import Batch, CellData, _CSRRows, _DenseRows, _to_tensor, batch_sizes
 from fcrkit.errors import ConfigError
@@ -46,7 +46,8 @@ _Rows = _CSRRows | _DenseRows
 
 
 def cell_data(
-    adata: AnnData, setup: AnnDataSetup, device: str | torch.device = "cpu", *, chunk_cells: int | None = None
+    adata: AnnData, setup: AnnDataSetup, device: str | torch.device = "cpu", *, chunk_cells: int | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> CellData:
     """The registered data of ``adata`` as minibatches: streamed from disk when its matrix is on disk.
 
@@ -60,16 +61,24 @@ def cell_data(
         device: where the batches are produced.
         chunk_cells: cells held in memory at a time when streaming (None: sized automatically, see
             :func:`default_chunk_cells`); ignored for in-memory data.
+        rows: ``(start, stop)``: only these rows of ``adata`` (a data-parallel rank's shard); only they
+            are read into memory, or, for a backed file, streamed. None: every cell.
     """
     _check_chunk_cells(chunk_cells)
     matrix = disk_matrix(adata, setup.layer)
+    if rows is not None:
+        start, stop = rows
+        labels = setup.encode_labels(adata.obs.iloc[start:stop])
+        if matrix is None:
+            return CellData(get_matrix(adata[start:stop], setup.layer), labels, device=device)
+        return BackedCellData(matrix.row_range(start, stop), labels, device=device, chunk_cells=chunk_cells)
     labels = setup.encode_labels(adata.obs)
     if matrix is None:
         return CellData(get_matrix(adata, setup.layer), labels, device=device)
     return BackedCellData(matrix, labels, device=device, chunk_cells=chunk_cells)
 
 
-def default_chunk_cells(matrix: DiskMatrix) -> int:
+def default_chunk_cells(matrix: DiskMatrix | DiskRowRange) -> int:
     """Cells per chunk for about :data:`CHUNK_BYTES` of values in memory (at least :data:`MIN_CHUNK_CELLS`).
 
     In memory a CSR value takes 8 bytes (float32 value, int32 gene), a dense one 4.
@@ -97,7 +106,7 @@ class BackedCellData(CellData):
 
     def __init__(
         self,
-        matrix: DiskMatrix,
+        matrix: DiskMatrix | DiskRowRange,
         labels: Mapping[str, EncodedLabel | np.ndarray],
         device: str | torch.device = "cpu",
         *,
@@ -127,6 +136,7 @@ class BackedCellData(CellData):
         shuffle: bool,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        sizes: list[int] | None = None,
     ) -> Iterator[Batch]:
         """Minibatches over the cells at ``index``, each once per pass (block shuffle: see the module doc).
 
@@ -134,13 +144,15 @@ class BackedCellData(CellData):
         random order and the cells of each chunk in a random order.
         """
         if not shuffle:  # in index order, one read per batch (sequential for a sorted index)
-            yield from super().iter_batches(index, batch_size, shuffle=False, drop_last=drop_last)
+            yield from super().iter_batches(index, batch_size, shuffle=False, drop_last=drop_last, sizes=sizes)
             return
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
         self.matrix.check_open()
         rows = np.sort(self._check_index(index).cpu().numpy())
-        sizes = batch_sizes(rows.size, batch_size, drop_last=drop_last)  # the same batches as in memory
+        if sizes is None:
+            sizes = batch_sizes(rows.size, batch_size, drop_last=drop_last)  # the same batches as in memory
+        sizes = list(sizes)
         pending: list[tuple[_Rows, Tensor, Tensor]] = []  # (chunk, positions in it, row numbers) not yet served
         waiting = 0
         for chunk_rows in self._chunks(rows, generator):
@@ -150,6 +162,8 @@ class BackedCellData(CellData):
                 size = sizes.pop(0)
                 yield self._take(pending, size)
                 waiting -= size
+            if not sizes:  # given sizes may leave cells out (drop_last): read no further
+                return
 
     # -- internals ----------------------------------------------------------------------------------
 
@@ -200,7 +214,7 @@ class BackedCellData(CellData):
 class _DiskRows:
     """Rows read from the file on demand (``CellData.gather``): sorted and deduplicated for the read."""
 
-    def __init__(self, matrix: DiskMatrix):
+    def __init__(self, matrix: DiskMatrix | DiskRowRange):
         self.matrix = matrix
 
     def rows(self, index: Tensor, device: torch.device) -> Tensor:

@@ -152,6 +152,10 @@ class DiskMatrix:
             sums[start : start + block.shape[0]] = row_sums(block)
         return sums
 
+    def row_range(self, start: int, stop: int) -> DiskRowRange:
+        """Rows ``[start, stop)`` of this matrix as a matrix of their own (rows numbered from 0)."""
+        return DiskRowRange(self, start, stop)
+
     def _block_bounds(self, max_values: int) -> Iterator[tuple[int, int]]:
         """Consecutive ``(start, stop)`` row ranges, each with about ``max_values`` stored values (at least one row)."""
         n = self.shape[0]
@@ -165,6 +169,54 @@ class DiskMatrix:
             stop = min(n, max(stop, start + 1))
             yield start, stop
             start = stop
+
+
+class DiskRowRange:
+    """Consecutive rows ``[start, stop)`` of a :class:`DiskMatrix`, read as a matrix of their own.
+
+    What a data-parallel rank streams its shard of a backed file through: row ``i`` here is row
+    ``start + i`` of the file; nothing outside the range is ever read. It has the reading interface
+    of :class:`DiskMatrix` (``shape``, ``rows``, ``row_sums``, ``check_open`` ...).
+    """
+
+    def __init__(self, matrix: DiskMatrix, start: int, stop: int):
+        if not 0 <= start <= stop <= matrix.n_obs:
+            raise DataError(f"rows [{start}, {stop}) are not rows of {matrix!r}.")
+        self.matrix, self.start, self.stop = matrix, int(start), int(stop)
+        self.shape = (self.stop - self.start, matrix.shape[1])
+        self.name, self.filename, self.dtype, self.is_sparse = matrix.name, matrix.filename, matrix.dtype, \
+            matrix.is_sparse
+
+    @property
+    def n_obs(self) -> int:
+        """Number of rows in the range."""
+        return self.shape[0]
+
+    @property
+    def nnz(self) -> int:
+        """Stored values of the range's rows."""
+        if self.matrix.indptr is None:
+            return self.shape[0] * self.shape[1]
+        return int(self.matrix.indptr[self.stop] - self.matrix.indptr[self.start])
+
+    def __repr__(self) -> str:
+        return f"DiskRowRange(rows {self.start}:{self.stop} of {self.matrix!r})"
+
+    def check_open(self) -> None:
+        """Raise a DataError that says what to do if the file has been closed."""
+        self.matrix.check_open()
+
+    def rows(self, rows: np.ndarray) -> sp.csr_matrix | np.ndarray:
+        """The rows ``rows`` (sorted, unique, numbered within the range), as :meth:`DiskMatrix.rows`."""
+        return self.matrix.rows(np.asarray(rows, dtype=np.int64) + self.start)
+
+    def row_sums(self, max_values: int = STREAM_VALUES) -> np.ndarray:
+        """``(n_obs, 1)`` float64 total of each row of the range, in one streaming pass over it."""
+        per_row = max(1.0, self.nnz / max(1, self.n_obs))
+        step = max(1, int(max_values // per_row))
+        parts = [row_sums(self.rows(np.arange(first, min(first + step, self.n_obs))))
+                 for first in range(0, self.n_obs, step)]
+        return np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float64)
 
 
 def row_sums(matrix: np.ndarray | sp.csr_matrix) -> np.ndarray:

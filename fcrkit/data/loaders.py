@@ -152,6 +152,7 @@ class CellData:
         shuffle: bool,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        sizes: list[int] | None = None,
     ) -> Iterator[Batch]:
         """Minibatches over the cells at ``index``, each once per pass.
 
@@ -163,6 +164,9 @@ class CellData:
             generator: source of that randomness; on the data's device, or on the CPU (the
                 permutation is then drawn on the CPU and moved).
             drop_last: leave out the final incomplete batch.
+            sizes: the batches' sizes, given (e.g. by data-parallel training, whose ranks must take
+                the same number of steps); they may add up to fewer cells than ``index`` holds.
+                None: :func:`batch_sizes` of ``batch_size`` and ``drop_last``.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -170,7 +174,7 @@ class CellData:
         if shuffle:
             index = index.index_select(0, self._permutation(index.numel(), generator))
         start = 0
-        for size in batch_sizes(index.numel(), batch_size, drop_last=drop_last):
+        for size in sizes if sizes is not None else batch_sizes(index.numel(), batch_size, drop_last=drop_last):
             yield self.gather(index[start : start + size])
             start += size
 

@@ -168,7 +168,7 @@ class Model:
             self.module.load_state_dict(self._build_module(seed).state_dict())
         try:
             if strategy == "ddp":
-                self.history = distributed.train_model(self, plan, accelerator, devices)
+                self.history = distributed.train_model(self, plan, accelerator, devices, chunk_cells)
             else:
                 device = resolve_device(accelerator)
                 self.module.to(device)

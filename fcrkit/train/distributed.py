@@ -32,103 +32,71 @@ Example (``batch_size=128`` per process: an effective batch of 512 on 4 processe
         model.save("scvi_ddp")
 
 Batch semantics: ``batch_size`` is the **per-process** batch; the effective (global) batch is
-``batch_size * N``. Each epoch every rank draws the same permutation of the training cells (from
-the run's ``seed``), cuts it into global batches of ``batch_size * N`` cells and takes its own
-contiguous part of each, so ranks see disjoint cells and take the same number of steps. Each
-rank's loss is the per-cell mean over its part, weighted by its share of the global batch, so the
-averaged gradient is that of the global batch's per-cell mean: one step equals a single-process
-step on ``batch_size * N`` cells, up to Monte Carlo noise. The last global batch, if smaller, is
-split as evenly as possible; when it holds fewer than two cells per process (one, for a model
-without batch normalisation) it is merged into the batch before it, so no rank's batch-norm layers
-ever see a single cell.
+about ``batch_size * N``. The training loop is the one of :class:`~fcrkit.train.trainer.Trainer`;
+what differs under data parallelism (sharded data, gradient and buffer reduction, global-batch
+regularisers, which rank writes) is its strategy, :class:`~fcrkit.train.strategy.DataParallel`:
+see :mod:`fcrkit.train.strategy`. In short: each rank reads only its contiguous shard of the cells
+(in memory, or streamed from a backed ``.h5ad`` under torchrun) and shuffles it with its own seeded
+generator each epoch; all ranks take the same number of steps, and a step's gradient is that of the
+global batch's objective. One process in a group of one reproduces single-process training bit
+for bit.
 
-What differs from a single process: the Monte Carlo samples, dropout and control partners of rank
-``r`` come from ``seed + r`` (the data order and the train / validation split from ``seed`` on
-every rank); batch-norm statistics are computed per rank in training (running statistics are
-averaged across ranks after every epoch); regularisers computed on the whole batch (the total
-correlation's shuffle, HSIC) see a rank's part only. So the result matches single-process
-training at the effective batch within a tolerance, not bit for bit (one process in a group of
-one does reproduce single-process training bit for bit). Measured in ``tests/test_distributed.py``
-(1,000 simulated cells x 50 genes, 2 gloo processes at batch 64 against one process at batch 128,
-60 epochs, lr 0.01, the same seed; -ELBO per cell from 10 Monte Carlo passes over every cell):
-scVI 1.8%, 3.6% and 4.7% apart at three seeds, FactorVAE 0.2%, 1.4% and 3.4%; over the three
-seeds DDP is about 2% worse on average (188.0 against 184.1 for scVI; plausibly the batch-norm
-statistics and FactorVAE's total-correlation shuffle computed on 64 cells, not 128), while
-single-process runs at different seeds spread by 3%. The latent's linear R² with the true latent
-differs by 0.02-0.17 (0.17 between seeds). The tests allow 8% and 0.25: at this size the spread
-between seeds, not DDP, sets the bound.
+What differs from a single process: the Monte Carlo samples, dropout, minibatch order and control
+partners of rank ``r`` come from ``seed + r`` (the train / validation split from ``seed``); control
+partners are drawn from the rank's own shard; batch-norm statistics are computed per rank in
+training (running statistics are averaged across ranks after every epoch). Regularisers that
+compare cells within a minibatch and declare ``global_batch = True`` (HSIC, FCR's permutation
+discriminators) see the whole global batch (its latents gathered from every rank); others (the
+total correlation's shuffle, the condition KL) see a rank's part only. So the result matches
+single-process training at the effective batch within a tolerance, not bit for bit; measured in
+``tests/test_distributed.py`` and ``docs/performance.md``.
 
-Regularisers with an adversary (FactorVAE's discriminator, CPA's classifiers) are left out of
-DDP's gradient reduction (their parameters also receive gradients from the model's loss, which
-their own optimiser never uses); their own gradients are averaged across ranks explicitly before
-each of their optimiser steps. Validation cells are split across ranks and the summed -ELBO is
-all-reduced, so every rank records the same ``validation_loss`` and early stopping stops every
-rank at the same epoch. At the end of training the replicas are compared (an element-wise
-max / min all-reduce of every parameter and buffer) and a :class:`ReplicaMismatchError` is raised
-if they differ at all.
+Regularisers with an adversary (FactorVAE's discriminator, CPA's classifiers, FCR's permutation
+discriminators) have their adversary's gradients combined across ranks before each of its
+optimiser steps. Validation cells are split across ranks and the summed -ELBO is all-reduced, so
+every rank records the same ``validation_loss`` and early stopping stops every rank at the same
+epoch. At the end of training the replicas are compared (an element-wise max / min all-reduce of
+every parameter and buffer) and a :class:`ReplicaMismatchError` is raised if they differ at all.
 
-Not supported with ``strategy="ddp"`` (a :class:`~fcrkit.errors.ConfigError` says so):
-``checkpoint_dir`` / ``resume``. Ctrl-C stops the run without the single-process clean-up. DDP runs
-with ``find_unused_parameters=True`` (a component may leave parameters out of a step's graph), so
-torch logs once per rank that it found none unused; the cost is one graph traversal per step.
+Checkpoints: with ``checkpoint_dir``, rank 0 writes the checkpoint atomically (holding every rank's
+random streams) and every rank resumes from it with ``resume=True``; the checkpoint directory must
+be visible to every rank (one machine, or a shared file system). A run resumed with the same number
+of processes ends exactly where the uninterrupted run ends; another number of processes is refused.
+Ctrl-C (or the launcher's death: spawned workers receive SIGINT) stops the workers at a step; the
+checkpoint on disk is the last one written.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
-import math
 import os
 import pickle
 import socket
 import tempfile
-import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pyro
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from fcrkit import progress
 from fcrkit.data.backed import cell_data
-from fcrkit.data.loaders import MIN_BATCH_CELLS, Batch, CellData, batch_sizes
 from fcrkit.data.pairing import ControlPairing
-from fcrkit.errors import ConfigError, FcrkitError
-from fcrkit.model import GenerativeModel
-from fcrkit.train.trainer import (
-    EpochTotals,
-    History,
-    Trainer,
-    TrainingPlan,
-    _has_batch_norm,
-    _history,
-    _restore,
-    _snapshot,
-    resolve_device,
-    split_indices,
-)
+from fcrkit.errors import ConfigError
+from fcrkit.train import checkpoint
+from fcrkit.train.strategy import DataParallel, ReplicaMismatchError, broadcast_module, replica_spread
+from fcrkit.train.trainer import History, Trainer, TrainingPlan, _history, resolve_device
 
 logger = logging.getLogger(__name__)
 
 #: Values of ``Model.train(strategy=...)``.
 STRATEGIES = ("auto", "single", "ddp")
 _RESULT_FILE = "result.pt"
-# DDP's switch for synchronising buffers at every forward (renamed in torch 2.13)
-_BUFFER_SYNC = "forward_sync_buffers"
-if _BUFFER_SYNC not in inspect.signature(DistributedDataParallel).parameters:
-    _BUFFER_SYNC = "broadcast_buffers"
-
-
-class ReplicaMismatchError(FcrkitError, RuntimeError):
-    """After data-parallel training the replicas' parameters differ (a bug: they must be identical)."""
+__all__ = ["STRATEGIES", "ReplicaMismatchError", "launched_by_torchrun", "replica_spread", "resolve_strategy",
+           "train_model"]
 
 
 # -- choosing the strategy ----------------------------------------------------------------------------------
@@ -157,16 +125,14 @@ def resolve_strategy(strategy: str, devices: int | None) -> str:
     return "ddp" if (devices or 1) > 1 or launched_by_torchrun() or in_group else "single"
 
 
-def train_model(model: Any, plan: TrainingPlan, accelerator: str, devices: int | None) -> History:
+def train_model(model: Any, plan: TrainingPlan, accelerator: str, devices: int | None,
+                chunk_cells: int | None = None) -> History:
     """Data-parallel training of a :class:`~fcrkit.models.base.Model` (its ``strategy="ddp"`` path).
 
     Inside a process group (torchrun, or one the caller initialised) this trains this rank's share
     and returns the history every rank shares; otherwise it spawns ``devices`` workers and loads
-    rank 0's result into ``model``.
+    rank 0's result into ``model``. ``chunk_cells``: see :func:`fcrkit.data.backed.cell_data`.
     """
-    if plan.checkpoint_dir is not None:
-        raise ConfigError("checkpoint_dir (and resume) are not supported with strategy='ddp' yet; train without "
-                          "them, or with strategy='single' to checkpoint and resume.")
     if not dist.is_available():
         raise ConfigError("strategy='ddp' needs torch.distributed, which this torch build lacks; use "
                           "strategy='single'.")
@@ -175,7 +141,7 @@ def train_model(model: Any, plan: TrainingPlan, accelerator: str, devices: int |
         if devices is not None and devices != world:
             raise ConfigError(f"devices={devices}, but this process is one of {world} launched together "
                               f"(WORLD_SIZE={world}); leave devices out under torchrun.")
-        return _train_rank(model, plan, _rank_device(accelerator, _env_int("LOCAL_RANK", 0)))
+        return _train_rank(model, plan, _rank_device(accelerator, _env_int("LOCAL_RANK", 0)), chunk_cells)
     if devices is None:
         raise ConfigError("strategy='ddp' needs devices=N (the number of processes to start), or launch the "
                           "script with torchrun --nproc_per_node N.")
@@ -193,249 +159,22 @@ def _rank_device(accelerator: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def _train_rank(model: Any, plan: TrainingPlan, device: torch.device) -> History:
-    """Train this rank's share of ``model`` (the process group is initialised here if needed)."""
+def _train_rank(model: Any, plan: TrainingPlan, device: torch.device, chunk_cells: int | None = None) -> History:
+    """Train this rank's shard of ``model``'s data (the process group is initialised here if needed)."""
     if not dist.is_initialized():  # torchrun's environment names the rendezvous (env://)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     model.module.to(device)
-    data = cell_data(model.adata, model.setup, device=device)  # streamed from disk when the AnnData is backed
+    strategy = DataParallel(model.adata.n_obs)
+    broadcast_module(model.module)  # the same start on every rank (adversaries included)
+    start, stop = strategy.rows
+    # only this rank's rows: read into memory, or streamed from disk when the AnnData is backed
+    data = cell_data(model.adata, model.setup, device=device, chunk_cells=chunk_cells, rows=strategy.rows)
     pairing = ControlPairing.for_mode(model.adata, model.setup, model.spec.control_pairing)
-    return DistributedTrainer(model.module, data, plan, pairing).fit()
-
-
-# -- the trainer ----------------------------------------------------------------------------------------------
-class _Objective(nn.Module):
-    """The training objective of one minibatch as a module, so that DDP's gradient hooks fire.
-
-    ``forward`` returns ``(total, terms, context)``: the negative ELBO per cell plus the weighted
-    regulariser terms (as :meth:`Trainer.step` adds them), the unweighted terms, and the context.
-    """
-
-    def __init__(self, trainer: Trainer):
-        super().__init__()
-        self.module = trainer.module  # registered: DDP reduces the gradients of its parameters
-        self.trainer = trainer  # not a Module: a plain attribute
-
-    def forward(self, batch: Batch, n_obs: int, epoch: float,
-                generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor], Any]:
-        trainer = self.trainer
-        terms, ctx = trainer._losses(batch, n_obs, epoch, with_terms=True, generator=generator)
-        total = terms["elbo"]
-        for name, term in terms.items():
-            if name != "elbo":
-                total = total + trainer.weights[name].weight_at(epoch) * term
-        return total, terms, ctx
-
-
-class DistributedTrainer(Trainer):
-    """A :class:`Trainer` for one rank of a process group; see the module docstring.
-
-    The process group must be initialised; ``data`` lives on this rank's device and holds all the
-    cells (each rank picks its share of every batch).
-    """
-
-    def __init__(self, module: GenerativeModel, data: CellData, plan: TrainingPlan,
-                 pairing: ControlPairing | None = None):
-        if plan.checkpoint_dir is not None:
-            raise ConfigError("checkpoint_dir (and resume) are not supported with strategy='ddp' yet; train "
-                              "without them, or with strategy='single' to checkpoint and resume.")
-        if not dist.is_initialized():
-            raise ConfigError("DistributedTrainer needs an initialised torch.distributed process group; use "
-                              "model.train(strategy='ddp', devices=N) or launch with torchrun.")
-        super().__init__(module, data, plan, pairing)
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        # the fewest cells a rank's part of a batch may hold: batch normalisation cannot take one
-        self.min_cells = MIN_BATCH_CELLS if _has_batch_norm(module) else 1
-        _broadcast_module(module)  # the same start on every rank (adversaries included: DDP skips them)
-        self.adversary_params = {name: list(self.regularizers[name].adversary.parameters())
-                                 for name in self.adversaries}
-        self.objective = _Objective(self)
-        skip = {id(p) for params in self.adversary_params.values() for p in params}
-        ignored = [name for name, p in self.objective.named_parameters() if id(p) in skip]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.objective, ignored)
-        cuda = data.device.type == "cuda"
-        # batch-norm statistics are averaged once per epoch instead of synchronised at every forward
-        buffers = {_BUFFER_SYNC: False}
-        self.ddp = DistributedDataParallel(
-            self.objective, device_ids=[data.device] if cuda else None, **buffers,
-            find_unused_parameters=True,  # a component may leave parameters out of some steps' graphs
-        )
-
-    # -- one global minibatch -------------------------------------------------------------------------------
-    def _shards(self, train_idx: Tensor, generator: torch.Generator) -> list[tuple[Tensor, float]]:
-        """This rank's cells of each global batch of the epoch, with its share of that batch."""
-        plan, world = self.plan, self.world
-        order = torch.randperm(train_idx.numel(), generator=generator, device=generator.device)
-        order = train_idx.index_select(0, order.to(train_idx.device))
-        shards, start = [], 0
-        for size in batch_sizes(order.numel(), plan.batch_size * world, drop_last=plan.drop_last,
-                                min_cells=self.min_cells * world):
-            cells = order[start:start + size]
-            start += size
-            mine = cells.tensor_split(world)[self.rank]
-            shards.append((mine, mine.numel() / cells.numel()))
-        return shards
-
-    def _ddp_step(self, batch: Batch, n_obs: int, epoch: float, generator: torch.Generator,
-                  share: float) -> dict[str, Tensor]:
-        """One step on this rank's part of a global batch; returns its terms weighted by ``share``."""
-        # DDP averages gradients over ranks: sum_r share_r * loss_r is the global batch's per-cell mean
-        scale = share * self.world
-        if self._adversary_epoch(int(epoch)):  # only adversaries learn: bypass DDP, no model gradients to reduce
-            total, terms, ctx = self.objective(batch, n_obs, epoch, generator)
-            total = total.detach()
-        else:
-            total, terms, ctx = self.ddp(batch, n_obs, epoch, generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            (total * scale).backward()
-            self.optimizer.step()
-        self._step_adversaries(ctx, epoch, scale)
-        return {"loss": total.detach() * share, **{k: v.detach() * share for k, v in terms.items()}}
-
-    def _reduce_adversary_gradients(self, name: str) -> None:
-        """Average adversary ``name``'s gradients over the processes (it is outside DDP's reduction)."""
-        _average_gradients(self.adversary_params[name], self.world)
-
-    def _validation(self, shard: Tensor, n_val: int) -> float:
-        """The plain negative ELBO per validation cell, over all ranks' shards."""
-        total = torch.zeros((), device=self.data.device)
-        if shard.numel():
-            total = self.validation_loss(shard) * shard.numel()
-        dist.all_reduce(total)
-        return float(total) / n_val
-
-    # -- the loop -----------------------------------------------------------------------------------------------
-    def _fit(self) -> History:
-        """Train this rank's share; every rank returns the same History (see the module docstring)."""
-        plan, module, data, rank, world = self.plan, self.module, self.data, self.rank, self.world
-        seed = plan.seed if plan.seed is not None else _shared_random_seed(data.device)
-        pyro.set_rng_seed(seed + rank)  # Monte Carlo samples and dropout: each rank its own
-        shared = torch.Generator(device=data.device).manual_seed(seed)  # minibatch order: the same on every rank
-        own = torch.Generator(device=data.device).manual_seed(seed + rank)  # control partners: each rank its own
-        train_idx, val_idx = split_indices(data.n_obs, plan.validation_fraction, torch.Generator().manual_seed(seed))
-        if len(train_idx) < world:
-            raise ConfigError(f"{len(train_idx)} training cells cannot be shared by {world} processes; use fewer "
-                              "devices or more cells.")
-        train_idx, val_idx = train_idx.to(data.device), val_idx.to(data.device)
-        val_shard = val_idx.tensor_split(world)[rank]
-        if self.pairing is not None:
-            self.sampler = self.pairing.sampler(train_idx, data.device)
-        n_train = len(train_idx)
-        self._check_batches(n_train, self.min_cells * world, world)
-
-        history = History()
-        stop: dict = {"best": math.inf, "waited": 0, "best_state": None}
-        last_good = self._state(_snapshot(module, self.optimizer), shared, history, stop)
-        show = progress.enabled(plan.progress_bar) and rank == 0
-        bar = tqdm(range(plan.max_epochs), total=plan.max_epochs, disable=not show, desc=f"training ({world} ddp)",
-                   unit="epoch", leave=False)
-        start = time.perf_counter()
-        for epoch in bar:
-            module.train()
-            epoch_start = time.perf_counter()
-            shards = self._shards(train_idx, shared)
-            n_steps = max(1, len(shards))
-            totals = EpochTotals()
-            try:
-                for step, (cells, share) in enumerate(shards):
-                    totals.add(self._ddp_step(data.gather(cells), n_train, epoch + step / n_steps, own, share))
-            except (ValueError, RuntimeError) as err:
-                # a non-finite step poisons the (identical) parameters of every rank alike
-                bar.close()
-                self._raise_if_not_finite(totals.means(n_steps), epoch, last_good, totals, cause=err)
-                raise
-            module.eval()
-            history.epoch_seconds.append(time.perf_counter() - epoch_start)
-            _average_buffers(module, world)
-            row = _reduce_row(totals.sums, n_steps)  # the one host sync of the epoch
-            if len(val_idx):
-                row["validation_loss"] = self._validation(val_shard, len(val_idx))
-            self._raise_if_not_finite(row, epoch, last_good, totals)
-            improved = self._record(history, row, stop, epoch)
-            history.seconds = time.perf_counter() - start
-            weights = _snapshot(module, self.optimizer)
-            if improved:
-                stop["best_state"] = weights
-            last_good = self._state(weights, shared, history, stop)
-            bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
-            if history.stopped_early:
-                break
-        bar.close()
-        if stop["best_state"] is not None:
-            _restore(module, self.optimizer, stop["best_state"])
-        spread = replica_spread(module)
-        if spread != 0:
-            raise ReplicaMismatchError(f"after data-parallel training the {world} replicas differ by up to {spread:g} "
-                                       "in a parameter or buffer; please report this as an fcrkit bug.")
-        history.cells_per_second = n_train * len(history) / max(history.seconds, 1e-9)
-        return history
-
-
-# -- collectives ----------------------------------------------------------------------------------------------
-def _broadcast_module(module: nn.Module) -> None:
-    """Give every rank rank 0's parameters and buffers."""
-    with torch.no_grad():
-        for tensor in module.state_dict().values():
-            dist.broadcast(tensor, src=0)
-
-
-def _flat_all_reduce(tensors: list[Tensor], divide: int) -> None:
-    """Sum ``tensors`` over ranks in place (one collective for all of them), divided by ``divide``."""
-    if not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= divide
-    offset = 0
-    for tensor in tensors:
-        tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
-        offset += tensor.numel()
-
-
-def _average_gradients(params: list[nn.Parameter], world: int) -> None:
-    """Average the gradients of ``params`` over ranks (those without a gradient have none on any rank)."""
-    _flat_all_reduce([p.grad for p in params if p.grad is not None], world)
-
-
-def _average_buffers(module: nn.Module, world: int) -> None:
-    """Average floating-point buffers (batch-norm running statistics) over ranks; counters agree already."""
-    with torch.no_grad():
-        _flat_all_reduce([b for b in module.buffers() if b.is_floating_point()], world)
-
-
-def _reduce_row(sums: dict[str, Tensor], n_steps: int) -> dict[str, float]:
-    """The epoch's mean terms over global batches: each rank's share-weighted sums, summed over ranks."""
-    keys = list(sums)  # the same keys in the same order on every rank
-    if not keys:
-        return {}
-    values = torch.stack([sums[k].float() for k in keys])
-    dist.all_reduce(values)
-    return dict(zip(keys, values.div(n_steps).tolist()))
-
-
-def _shared_random_seed(device: torch.device) -> int:
-    """A random seed drawn on rank 0 and given to every rank."""
-    seed = torch.randint(2**31, (), device=device)
-    dist.broadcast(seed, src=0)
-    return int(seed.item())
-
-
-def replica_spread(module: nn.Module) -> float:
-    """The largest difference between ranks of any parameter or floating buffer (0: replicas identical).
-
-    Collective: every rank of the process group must call it.
-    """
-    with torch.no_grad():
-        tensors = [t for t in module.state_dict().values() if t.is_floating_point()]
-        if not tensors:
-            return 0.0
-        high = torch.cat([t.reshape(-1).float() for t in tensors])
-        low = high.clone()
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        return float((high - low).max())
+    if pairing is not None:  # partners from the rank's own shard
+        pairing = ControlPairing(pairing.groups[start:stop], pairing.is_control[start:stop], pairing.group_names)
+    return Trainer(model.module, data, plan, pairing, strategy=strategy).fit()
 
 
 # -- spawning workers -------------------------------------------------------------------------------------------
@@ -451,8 +190,9 @@ def _spawn(model: Any, plan: TrainingPlan, accelerator: str, devices: int) -> Hi
         if devices > torch.cuda.device_count():
             raise ConfigError(f"devices={devices}, but only {torch.cuda.device_count()} GPU(s) are visible; use at "
                               f"most that many, or accelerator='cpu'.")
-    if plan.seed is None:  # drawn here, so that the run's seed is one every worker knows
-        plan = replace(plan, seed=int(torch.randint(2**31, ()).item()))
+    saved = checkpoint.load(plan.checkpoint_dir) if plan.resume else None
+    if plan.seed is None:  # drawn here (or the checkpoint's), so that the run's seed is one every worker knows
+        plan = replace(plan, seed=int(saved["identity"]["seed"]) if saved else int(torch.randint(2**31, ()).item()))
     home = next(model.module.parameters()).device
     model.module.cpu()
     # plain pickle copies the tensors: torch.multiprocessing would pass them in shared memory, and the

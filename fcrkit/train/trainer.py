@@ -39,6 +39,7 @@ from fcrkit.model import GenerativeModel
 from fcrkit.registry import get_registry
 from fcrkit.train import checkpoint
 from fcrkit.train.objectives import OBJECTIVES, evaluation_loss, objective_problems, resolve_objective
+from fcrkit.train.strategy import SingleProcess, uses_global_batch
 
 logger = logging.getLogger(__name__)
 
@@ -165,13 +166,21 @@ def split_indices(n: int, validation_fraction: float, generator: torch.Generator
 
 
 class Trainer:
-    """Runs a :class:`TrainingPlan` on a model and its data; see the module docstring."""
+    """Runs a :class:`TrainingPlan` on a model and its data; see the module docstring.
+
+    ``strategy`` says what one process and data-parallel training do differently
+    (:mod:`fcrkit.train.strategy`; default: :class:`~fcrkit.train.strategy.SingleProcess`); the
+    epoch loop is this class's, whatever the strategy. Under data parallelism ``data`` (and
+    ``pairing``) hold this rank's shard of the cells.
+    """
 
     def __init__(self, module: GenerativeModel, data: CellData, plan: TrainingPlan,
-                 pairing: ControlPairing | None = None):
+                 pairing: ControlPairing | None = None, strategy: SingleProcess | None = None):
         if module.spec.control_pairing != "none" and pairing is None:
             raise ConfigError(f"model {module.spec.name!r} pairs cells with controls: pass a ControlPairing.")
         self.module, self.data, self.plan, self.pairing = module, data, plan, pairing
+        self.strategy = strategy if strategy is not None else SingleProcess()
+        self._global_ctx: object | None = None  # the step's global-batch context (see _losses)
         if plan.compile:
             compile_networks(module)
         self.sampler: PairSampler | None = None
@@ -184,8 +193,8 @@ class Trainer:
         self.weights = {r.key: r for r in module.spec.regularizers}
         adversary_params = {id(p) for r in self.regularizers.values()
                             if getattr(r, "adversary", None) is not None for p in r.adversary.parameters()}
-        model_params = [p for p in module.parameters() if id(p) not in adversary_params]
-        self.optimizer = torch.optim.Adam(model_params, lr=plan.lr, weight_decay=plan.weight_decay)
+        self.model_params = [p for p in module.parameters() if id(p) not in adversary_params]
+        self.optimizer = torch.optim.Adam(self.model_params, lr=plan.lr, weight_decay=plan.weight_decay)
         self.adversaries = {
             name: torch.optim.Adam(r.adversary.parameters(), lr=float(getattr(r, "adversary_lr", 1e-3)))
             for name, r in self.regularizers.items() if getattr(r, "adversary", None) is not None
@@ -198,6 +207,10 @@ class Trainer:
 
         With control pairing the batch is extended by each cell's paired control and the ELBO counts
         both branches: ``-(ELBO(y) + ELBO(y0))`` per cell.
+
+        A regulariser that asks for the global batch (``global_batch = True``) gets the strategy's
+        global context (:meth:`~fcrkit.train.strategy.DataParallel.global_context`; in one process
+        the minibatch's own), kept in ``self._global_ctx`` for the adversaries' steps.
 
         Pyro's validation (every distribution's arguments and samples checked against their
         constraints, every site's log-density checked for NaN and inf) runs on a trainer's first
@@ -219,10 +232,13 @@ class Trainer:
                 guide = poutine.trace(self.module.guide)
                 terms = {"elbo": self.elbo.differentiable_loss(self.module.model, guide, batch, plate) / n_obs}
             ctx = self.module.context(guide.trace, batch, plate, int(epoch), epoch / self.plan.max_epochs, pairs)
+            self._global_ctx = None
+            if with_terms and any(uses_global_batch(reg) for reg in self.regularizers.values()):
+                self._global_ctx = self.strategy.global_context(ctx)
             if with_terms:
                 for name, reg in self.regularizers.items():
                     if callable(getattr(reg, "loss", None)):
-                        terms[name] = reg.loss(ctx)
+                        terms[name] = reg.loss(self._global_ctx if uses_global_batch(reg) else ctx)
                         if not self._terms_checked:
                             self._check_term(name, "loss", terms[name])
                 self._terms_checked = True
@@ -253,48 +269,61 @@ class Trainer:
             "regulariser (fcrkit.testing.check_component checks it), or leave it out of the spec."
         )
 
-    def step(self, batch: Batch, n_obs: int, epoch: float, generator: torch.Generator) -> dict[str, Tensor]:
+    def step(self, batch: Batch, n_obs: int, epoch: float, generator: torch.Generator,
+             share: float = 1.0) -> dict[str, Tensor]:
         """One optimisation step on ``batch`` (what :meth:`fit` runs for every minibatch).
 
         ``n_obs`` is the number of training cells (the plate's size), ``epoch`` the fractional
         epoch (it sets the regularisers' weight schedules), ``generator`` the source of control
-        partners. With control pairing, :attr:`sampler` must be set (``fit`` sets it for its
-        training split). Returns the loss and each term, detached and still on the device.
+        partners, ``share`` this process's share of the global batch (1 in one process). With
+        control pairing, :attr:`sampler` must be set (``fit`` sets it for its training split).
+        Returns the loss and each term, weighted by ``share``, detached and still on the device.
         """
         terms, ctx = self._losses(batch, n_obs, epoch, with_terms=True, generator=generator)
         total = terms["elbo"]
         for name, term in terms.items():
             if name != "elbo":
                 total = total + self.weights[name].weight_at(epoch) * term
+        objective = total
+        if share != 1.0:  # this process's part of the global objective (see fcrkit.train.strategy)
+            objective = total * share
+            for name, term in terms.items():  # a global-batch term counts whole on every process
+                if name != "elbo" and uses_global_batch(self.regularizers[name]):
+                    objective = objective + (1.0 - share) * self.weights[name].weight_at(epoch) * term
         adversary_epoch = self._adversary_epoch(int(epoch))
-        if adversary_epoch:  # an alternating adversary's epoch: only adversaries learn
-            total = total.detach()
-        else:
+        if not adversary_epoch:  # an alternating adversary's epoch: only adversaries learn
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            objective.backward()
+            self.strategy.reduce_gradients(self.model_params)
             self.optimizer.step()
-        self._step_adversaries(ctx, epoch)
+        self._step_adversaries(ctx, epoch, share)
+        if share != 1.0:
+            return {"loss": total.detach() * share, **{k: v.detach() * share for k, v in terms.items()}}
         return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
 
-    def _step_adversaries(self, ctx: object, epoch: float, scale: float = 1.0) -> None:
-        """Each adversary's own steps on the detached latents (those whose schedule owns this epoch)."""
-        detached = ctx.detached()
+    def _step_adversaries(self, ctx: object, epoch: float, share: float = 1.0) -> None:
+        """Each adversary's own steps on the detached latents (those whose schedule owns this epoch).
+
+        An adversary of a global-batch regulariser trains on the global batch, the same on every
+        process, and its gradients are averaged over processes; the others' are weighted by ``share``.
+        """
+        detached = ctx.detached() if self.adversaries else ctx
+        global_detached = self._global_ctx.detached() if self._global_ctx is not None else None
         for name, optimizer in self.adversaries.items():
             reg = self.regularizers[name]
             if int(getattr(reg, "alternate_every", 0)) and not _owns_epoch(reg, int(epoch)):
                 continue
+            whole = uses_global_batch(reg)
+            scale = 1.0 / self.strategy.world if whole else share
             for _ in range(int(getattr(reg, "adversary_steps", 1))):
                 optimizer.zero_grad(set_to_none=True)
-                loss = reg.adversary_loss(detached)
+                loss = reg.adversary_loss(global_detached if whole else detached)
                 if name not in self._adversaries_checked:
                     self._check_term(name, "adversary_loss", loss)
                     self._adversaries_checked.add(name)
-                (loss * scale).backward()
-                self._reduce_adversary_gradients(name)
+                (loss * scale if scale != 1.0 else loss).backward()
+                self.strategy.reduce_gradients(list(reg.adversary.parameters()))
                 optimizer.step()
-
-    def _reduce_adversary_gradients(self, name: str) -> None:
-        """Combine adversary ``name``'s gradients across processes: nothing to do in one process."""
 
     def _record(self, history: History, row: dict[str, float], stop: dict, epoch: int) -> bool:
         """Add an epoch's row to ``history`` and update early stopping; True if validation improved."""
@@ -326,7 +355,7 @@ class Trainer:
         # epochs count from 1 in messages, as everywhere else; the error carries the finished epochs' history
         raise NonFiniteLossError(term, epoch + 1, row.get(term, float("nan")), _history(last_good)) from cause
 
-    def _check_batches(self, n_train: int, per_batch: int = MIN_BATCH_CELLS, processes: int = 1) -> int:
+    def _check_batches(self, n_train: int, per_batch: int = MIN_BATCH_CELLS) -> int:
         """The number of training steps per epoch; refuse a plan that would leave a step no cells to train on.
 
         A model with batch normalisation cannot train on a single cell per process: its layers
@@ -334,22 +363,20 @@ class Trainer:
         a smaller remainder into the batch before it, so only a lone batch can be that small).
         """
         plan = self.plan
-        size = plan.batch_size * processes
-        sizes = batch_sizes(n_train, size, drop_last=plan.drop_last, min_cells=per_batch)
+        sizes = batch_sizes(n_train, plan.batch_size, drop_last=plan.drop_last, min_cells=per_batch)
         if not sizes:
-            raise ConfigError(f"drop_last=True with {n_train} training cells and batch_size={size} leaves no full "
-                              "batch to train on; use a smaller batch_size or drop_last=False.")
+            raise ConfigError(f"drop_last=True with {n_train} training cells and batch_size={plan.batch_size} leaves "
+                              "no full batch to train on; use a smaller batch_size or drop_last=False.")
         if _has_batch_norm(self.module):
-            where = f" per process ({processes} processes)" if processes > 1 else ""
             if plan.batch_size < MIN_BATCH_CELLS:
-                raise ConfigError(f"batch_size={plan.batch_size}{where}: model {self.module.spec.name!r} uses batch "
+                raise ConfigError(f"batch_size={plan.batch_size}: model {self.module.spec.name!r} uses batch "
                                   f"normalisation, which needs at least {MIN_BATCH_CELLS} cells per minibatch; use "
                                   "a larger batch_size.")
             if min(sizes) < per_batch:
-                raise ConfigError(f"only {n_train} training cells (validation_fraction={plan.validation_fraction}) "
-                                  f"for {processes} process(es): model {self.module.spec.name!r} uses batch "
-                                  f"normalisation, which needs at least {MIN_BATCH_CELLS} cells per minibatch"
-                                  f"{where}; give it more cells (or a smaller validation_fraction).")
+                raise ConfigError(f"only {n_train} training cells (validation_fraction={plan.validation_fraction}): "
+                                  f"model {self.module.spec.name!r} uses batch normalisation, which needs at least "
+                                  f"{MIN_BATCH_CELLS} cells per minibatch; give it more cells (or a smaller "
+                                  "validation_fraction).")
         return len(sizes)
 
     def _adversary_epoch(self, epoch: int) -> bool:
@@ -381,35 +408,38 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> History:
-        plan, module, data = self.plan, self.module, self.data
+        plan, module, data, strategy = self.plan, self.module, self.data, self.strategy
         saved = checkpoint.load(plan.checkpoint_dir) if plan.resume else None
         if plan.resume and saved is None:  # resume=True is safe on a first run too
             logger.warning("no checkpoint in %r: training from the start.", str(plan.checkpoint_dir))
         seed = plan.seed if plan.seed is not None else (  # resuming adopts the checkpoint's seed
-            saved["identity"]["seed"] if saved else int(torch.randint(2**32, ()).item()))
-        pyro.set_rng_seed(seed)  # torch, numpy and random: Monte Carlo samples and dropout
-        generator = torch.Generator(device=data.device).manual_seed(seed)  # minibatch order, control partners
-        train_idx, val_idx = split_indices(data.n_obs, plan.validation_fraction, torch.Generator().manual_seed(seed))
-        train_idx, val_idx = train_idx.to(data.device), val_idx.to(data.device)
+            saved["identity"]["seed"] if saved else strategy.draw_seed(data.device))
+        pyro.set_rng_seed(seed + strategy.rank)  # torch, numpy and random: Monte Carlo samples and dropout
+        # minibatch order and control partners (each rank shuffles its own shard)
+        generator = torch.Generator(device=data.device).manual_seed(seed + strategy.rank)
+        train_idx, val_idx, n_train, n_val = strategy.split(data.n_obs, plan.validation_fraction, seed, data.device)
         if self.pairing is not None:
             self.sampler = self.pairing.sampler(train_idx, data.device)
-        n_train = len(train_idx)
-        n_batches = self._check_batches(n_train)
-        identity = checkpoint.identity(module, data.n_obs, plan, seed)
+        n_batches = strategy.plan_steps(self, n_train)
+        identity = checkpoint.identity(module, getattr(strategy, "n_obs", data.n_obs), plan, seed)
+        identity["processes"] = strategy.world  # the random streams are per process
 
         history = History()
         stop: dict = {"best": math.inf, "waited": 0, "best_state": None}  # early stopping
         last_good = self._state(_snapshot(module, self.optimizer), generator, history, stop)
         if saved is not None:
+            saved["identity"].setdefault("processes", 1)  # written before data parallelism could checkpoint
             checkpoint.check_identity(saved["identity"], identity, plan.checkpoint_dir)
             last_good = saved["state"]
             self._load_state(last_good, generator)
             history, stop = _history(last_good), dict(last_good["stopping"])
         first = len(history)
         last = first if history.stopped_early else plan.max_epochs
-        show = progress.enabled(plan.progress_bar)  # notebooks and terminals; not in CI (see fcrkit.progress)
-        bar = tqdm(range(first, last), initial=first, total=plan.max_epochs, disable=not show, desc="training",
-                   unit="epoch", leave=False)
+        # notebooks and terminals; not in CI (see fcrkit.progress); one bar for all processes
+        show = progress.enabled(plan.progress_bar) and strategy.writes
+        where = f" ({strategy.world} ddp)" if strategy.world > 1 else ""
+        bar = tqdm(range(first, last), initial=first, total=plan.max_epochs, disable=not show,
+                   desc=f"training{where}", unit="epoch", leave=False)
         start, seconds = time.perf_counter(), history.seconds
         try:
             for epoch in bar:
@@ -417,19 +447,19 @@ class Trainer:
                 totals = EpochTotals()
                 epoch_start = time.perf_counter()
                 try:
-                    for step, batch in enumerate(data.iter_batches(train_idx, plan.batch_size, shuffle=True,
-                                                                   generator=generator, drop_last=plan.drop_last)):
-                        totals.add(self.step(batch, n_train, epoch + step / n_batches, generator))
+                    for step, (batch, share) in enumerate(strategy.batches(data, train_idx, plan, generator)):
+                        totals.add(self.step(batch, n_train, epoch + step / n_batches, generator, share))
                 except (ValueError, RuntimeError) as err:
                     # a non-finite step poisons the parameters; a later step may then fail inside Pyro or torch
                     bar.close()
                     self._raise_if_not_finite(totals.means(n_batches), epoch, last_good, totals, cause=err)
                     raise
                 module.eval()
-                row = totals.means(n_batches)  # the one host sync of the epoch
+                strategy.reduce_buffers(module)
+                row = strategy.reduce_row(totals, n_batches)  # the one host sync of the epoch
                 history.epoch_seconds.append(time.perf_counter() - epoch_start)
-                if len(val_idx):
-                    row["validation_loss"] = float(self.validation_loss(val_idx))
+                if n_val:
+                    row["validation_loss"] = strategy.validation(self, val_idx, n_val)
                 self._raise_if_not_finite(row, epoch, last_good, totals)
                 improved = self._record(history, row, stop, epoch)
                 history.seconds = seconds + time.perf_counter() - start
@@ -438,8 +468,9 @@ class Trainer:
                     stop["best_state"] = weights
                 last_good = self._state(weights, generator, history, stop)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
-                if plan.checkpoint_dir is not None and ((epoch + 1) % plan.checkpoint_every == 0
-                                                        or epoch + 1 == plan.max_epochs or history.stopped_early):
+                if plan.checkpoint_dir is not None and strategy.writes and (
+                        (epoch + 1) % plan.checkpoint_every == 0 or epoch + 1 == plan.max_epochs
+                        or history.stopped_early):
                     checkpoint.save(plan.checkpoint_dir, identity, last_good)
                 if history.stopped_early:
                     break
@@ -449,6 +480,7 @@ class Trainer:
         bar.close()
         if stop["best_state"] is not None:
             _restore(module, self.optimizer, stop["best_state"])
+        strategy.finish(module)
         history.cells_per_second = n_train * len(history) / max(history.seconds, 1e-9)
         return history
 
@@ -459,7 +491,8 @@ class Trainer:
         history.interrupted = True
         history.cells_per_second = n_train * len(history) / max(history.seconds, 1e-9)
         if self.plan.checkpoint_dir is not None:
-            checkpoint.save(self.plan.checkpoint_dir, identity, last_good)
+            if self.strategy.writes:
+                checkpoint.save(self.plan.checkpoint_dir, identity, last_good)
             how = f"resume with train(..., checkpoint_dir={str(self.plan.checkpoint_dir)!r}, resume=True)"
         else:
             how = "pass checkpoint_dir= (and resume=True) to be able to resume a run"
@@ -474,7 +507,7 @@ class Trainer:
             "module": weights[0],
             "optimizer": weights[1],
             "adversaries": {name: copy.deepcopy(opt.state_dict()) for name, opt in self.adversaries.items()},
-            "rng": checkpoint.rng_state(generator),
+            "rng": self.strategy.rng_state(generator),  # every process's streams
             "history": {"values": {k: list(v) for k, v in history.values.items()}, "best_epoch": history.best_epoch,
                         "stopped_early": history.stopped_early, "seconds": history.seconds,
                         "epoch_seconds": list(history.epoch_seconds)},
@@ -487,7 +520,7 @@ class Trainer:
         for name, optimizer in self.adversaries.items():
             optimizer.load_state_dict(copy.deepcopy(state["adversaries"][name]))
         if generator is not None:
-            checkpoint.set_rng_state(state["rng"], generator)
+            self.strategy.set_rng_state(state["rng"], generator)
 
 
 class EpochTotals:
