@@ -112,8 +112,8 @@ class AdditiveEmbeddingDecoder(nn.Module):
             set up with ``treatment_features``): each treatment's embedding ``e_d`` is then a linear map of
             its encoded features (:mod:`fcrkit.components.treatments`) rather than a free vector, so an
             unseen treatment has one.
-        treatment_encoder: the encoder of the features (a name or ``{name = ..., <options>}``; None: free
-            embeddings even with features).
+        treatment_encoder: the encoder of the features (a name or ``{name = ..., <options>}``; ``"none"``:
+            free embeddings even with features).
     """
 
     def __init__(

@@ -80,8 +80,8 @@ class ConditionalGaussian(nn.Module):
             passes it when the data were set up with ``treatment_features``. The ``t`` condition is then
             embedded by ``treatment_encoder`` from the features (see :mod:`fcrkit.components.treatments`)
             instead of one free vector per treatment, so an unseen treatment has a prior too.
-        treatment_encoder: the encoder of the features (a name or ``{name = ..., <options>}``; None: the
-            free embedding even with features).
+        treatment_encoder: the encoder of the features (a name or ``{name = ..., <options>}``; ``"none"``:
+            the free embedding even with features).
     """
 
     def __init__(

@@ -10,7 +10,7 @@ embeddings, learned from the treatments that were seen.
 
 Encoders are registered by name (:func:`register_treatment_encoder`; the built-in ``"features"``) and
 chosen by the component option ``treatment_encoder`` (a name, or a table ``{name = ..., <options>}``;
-None: the free embedding even when the data have features). They are built by
+``"none"`` (or None): the free embedding even when the data have features). They are built by
 :func:`build_treatment_encoder`. An encoder is an ``nn.Module`` with ``width`` (its output size),
 ``table()`` (the ``(vocabulary, width)`` per-treatment embeddings) and ``forward(labels)`` (the
 ``(cells, width)`` dose-weighted sums, from the cells' treatment entries, never a
@@ -95,11 +95,14 @@ def register_treatment_encoder(name: str, factory: Callable[..., nn.Module]) -> 
 
 def build_treatment_encoder(choice: str | Mapping[str, Any] | None, features: Tensor | np.ndarray | None,
                             owner: str) -> nn.Module | None:
-    """The encoder ``choice`` names (a name or ``{"name": ..., **options}``) over ``features``; None without either.
+    """The encoder ``choice`` names (a name or ``{"name": ..., **options}``) over ``features``.
+
+    None when there are no features or ``choice`` is ``"none"`` (or None or False): the component then
+    keeps its free per-treatment embedding.
 
     ``owner`` (e.g. ``"prior 'conditional_gaussian'"``) is named in errors.
     """
-    if choice is None or features is None:
+    if choice is None or choice is False or choice == "none" or features is None:
         return None
     options: dict[str, Any] = {}
     if isinstance(choice, Mapping):
@@ -108,7 +111,7 @@ def build_treatment_encoder(choice: str | Mapping[str, Any] | None, features: Te
     if choice not in TREATMENT_ENCODERS:
         raise ConfigError(f"{owner}: treatment_encoder={choice!r} is not a treatment encoder."
                           f"{did_you_mean(str(choice), TREATMENT_ENCODERS)} Encoders: {listing(TREATMENT_ENCODERS)}"
-                          " (or None for a free embedding per treatment).")
+                          " (or 'none' for a free embedding per treatment).")
     try:
         encoder = TREATMENT_ENCODERS[choice](features, **options)
     except TypeError as err:  # an option the encoder does not take
