@@ -165,3 +165,22 @@ def test_fcr_and_linear_ridge_predict_unseen_treatments_from_their_features():
     assert reference < 0.35  # the perturbed mean knows nothing of the held-out treatments (0.30 here)
     assert ridge >= 0.6 and ridge > reference + 0.3
     assert fcr >= 0.6 and fcr > reference + 0.3
+
+
+def test_a_benchmark_config_reads_the_features_csv_and_the_simulator_brings_its_own(tmp_path):
+    from fcrkit.benchmark import BenchmarkConfig, simulated_data
+
+    adata, features = small()
+    adata.uns.pop("treatment_features")
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    features.to_csv(tmp_path / "features.csv")
+    text = ('[data]\npath = "cells.h5ad"\ntreatment_key = "treatment"\ncovariate_keys = ["covariate"]\n'
+            'treatment_features = "{}"\n[recipes]\n[output]\ndir = "out"\n')
+    (tmp_path / "bench.toml").write_text(text.format("features.csv"))
+    config = BenchmarkConfig.from_toml(tmp_path / "bench.toml")
+    pd.testing.assert_frame_equal(config.setup["treatment_features"], features)
+    (tmp_path / "bench.toml").write_text(text.format("absent.csv"))
+    with pytest.raises(ConfigError, match=r"treatment_features: file .*absent.csv' does not exist"):
+        BenchmarkConfig.from_toml(tmp_path / "bench.toml")
+    simulated, setup_keys = simulated_data("feature_effects", n_treatments=4, cells_per_condition=5, seed=1)
+    assert setup_keys["treatment_features"] is simulated.uns["treatment_features"]

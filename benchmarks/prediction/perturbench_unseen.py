@@ -14,7 +14,12 @@ entirely. A pair's features are derived from the *training cells of the split on
 
 Then ``fcrkit benchmark benchmarks/prediction/perturbench_unseen.toml``. Run from the repository root::
 
-    python benchmarks/prediction/perturbench_unseen.py
+    python benchmarks/prediction/perturbench_unseen.py              # the data and the features
+    python benchmarks/prediction/perturbench_unseen.py systematic   # after the benchmark: a reference
+
+``systematic`` prints the PearsonΔ of a reference that is not among the four baselines: each held-out
+pair answered by the mean of the *training perturbed cells of its own line* (Systema's systematic
+variation, per line), which needs no treatment information at all.
 """
 
 from __future__ import annotations
@@ -71,6 +76,27 @@ def training_features(adata: ad.AnnData, train: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(values, index=list(raw), columns=[f"pc_{k}" for k in range(N_COMPONENTS)])
 
 
+def systematic() -> None:
+    """PearsonΔ (all genes, top-20 DEGs) of the per-line perturbed training mean on each held-out pair."""
+    adata = ad.read_h5ad(OUT / "pairs.h5ad")
+    task = dict(tomllib.loads((HERE / "perturbench_unseen.toml").read_text())["task"])
+    (split,) = TASKS[task.pop("kind")](adata.obs, "pair", **task)
+    train = ~split.held_out_mask(adata.obs, "pair")
+    pair, line = adata.obs["pair"].to_numpy(), adata.obs["cell_type"].to_numpy()
+    rows = []
+    for hold in split.hold_out:
+        in_line = line == hold.value
+        controls = adata.X[np.flatnonzero(in_line & (pair == "control"))]
+        truth = adata.X[np.flatnonzero(pair == hold.treatment)]
+        perturbed = adata.X[np.flatnonzero(in_line & train & (pair != "control"))]
+        t, c, p = (metrics.mean_log_expression(m) for m in (truth, controls, perturbed))
+        top = metrics.rank_genes(truth, controls, n_genes=adata.n_vars)[:20]
+        rows.append((hold.treatment, metrics.pearson_delta(t, p, c), metrics.pearson_delta(t, p, c, top)))
+    table = pd.DataFrame(rows, columns=["pair", "pearson_delta", "pearson_delta20"]).set_index("pair")
+    print(table.round(3).to_string())
+    print("mean", table.mean().round(3).to_dict())
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     adata = pair_data()
@@ -88,4 +114,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    systematic() if sys.argv[1:] == ["systematic"] else main()
