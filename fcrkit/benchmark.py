@@ -78,11 +78,13 @@ PREDICTION_COLUMNS = ("pearson_delta", "pearson_delta20", "pearson_delta_pm", "c
 SIMULATORS: dict[str, dict[str, Any]] = {
     "interaction": {"treatment_key": "treatment", "covariate_keys": ["covariate"], "control_value": "control"},
     "basic": {"treatment_key": "treatment", "covariate_keys": ["cell_type"], "control_value": "control"},
+    "feature_effects": {"treatment_key": "treatment", "covariate_keys": ["covariate"], "control_value": "control"},
 }
 #: The held-out conditions of a simulator when the config names none: two (covariate, treatment) pairs.
 DEFAULT_HOLD_OUT: dict[str, tuple[HoldOut, ...]] = {
     "interaction": (HoldOut("covariate", "cov_0", "drug_0"), HoldOut("covariate", "cov_1", "drug_1")),
     "basic": (HoldOut("cell_type", "type_0", "drug_0"),),
+    "feature_effects": (HoldOut("covariate", "cov_0", "pert_0"),),
 }
 
 
@@ -121,7 +123,10 @@ class BenchmarkResult:
 
 
 def simulated_data(name: str, **args: Any) -> tuple[AnnData, dict[str, Any]]:
-    """Data from simulator ``name`` of :mod:`fcrkit.simulate` and the setup keys of its labels."""
+    """Data from simulator ``name`` of :mod:`fcrkit.simulate` and the setup keys of its labels.
+
+    A simulator that stores ``uns["treatment_features"]`` (``feature_effects``) has them in the setup too.
+    """
     from fcrkit import simulate
 
     if name not in SIMULATORS:
@@ -130,7 +135,10 @@ def simulated_data(name: str, **args: Any) -> tuple[AnnData, dict[str, Any]]:
         adata = getattr(simulate, name)(**args)
     except TypeError as err:
         raise ConfigError(f"simulator {name!r}: {err}; see help(fcrkit.simulate.{name}).") from None
-    return adata, dict(SIMULATORS[name])
+    setup = dict(SIMULATORS[name])
+    if "treatment_features" in adata.uns:
+        setup["treatment_features"] = adata.uns["treatment_features"]
+    return adata, setup
 
 
 def _recipe_args(cls: type, given: Mapping[str, Any], adata: AnnData) -> dict[str, Any]:
@@ -496,7 +504,10 @@ class BenchmarkConfig:
     def load_data(self) -> AnnData:
         """The simulated or read data (the highly variable genes of the cells every split trains on, if asked)."""
         if self.simulator is not None:
-            return simulated_data(self.simulator, **self.simulator_args)[0]
+            adata, setup = simulated_data(self.simulator, **self.simulator_args)
+            if "treatment_features" in setup:  # known only once simulated (this config's own copy of the keys)
+                self.setup["treatment_features"] = setup["treatment_features"]
+            return adata
         from fcrkit.data.genes import highly_variable_genes
         from fcrkit.workflow import read_data
 

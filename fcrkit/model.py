@@ -31,9 +31,11 @@ Components are looked up in the registry by name; each sees only the labels its 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -87,12 +89,19 @@ class GenerativeModel(nn.Module):
         registry: where component names are looked up (default: the global registry).
         label_groups: the one-hot columns of each label (``AnnDataSetup.label_groups``), told to the
             regularisers (:class:`~fcrkit.protocols.ModelInfo`).
+        treatment_features: the treatments' features aligned with the vocabulary
+            (``AnnDataSetup.feature_matrix()``); passed as ``treatment_features=`` to every component that
+            conditions on ``t`` and whose factory takes that keyword (see :mod:`fcrkit.components.treatments`).
     """
 
     def __init__(self, spec: ModelSpec, label_dims: Mapping[str, int], n_genes: int, registry: Registry | None = None,
-                 label_groups: Mapping[str, Sequence[int]] | None = None):
+                 label_groups: Mapping[str, Sequence[int]] | None = None,
+                 treatment_features: np.ndarray | None = None):
         super().__init__()
         registry = registry or get_registry()
+        self.treatment_features = None if treatment_features is None else torch.as_tensor(
+            np.asarray(treatment_features, dtype=np.float32))
+        self.uses_treatment_features = False  # set when a component embeds the treatment from its features
         self.spec = spec
         self.n_genes = int(n_genes)
         self.label_dims = dict(label_dims)
@@ -170,7 +179,14 @@ class GenerativeModel(nn.Module):
             )
         self._conditions[key] = comp.conditions
         dims = {c: widths[c] for c in comp.conditions}
-        return registry.build(kind, comp.name, *args, dims, **comp.options)
+        options = dict(comp.options)
+        if self.treatment_features is not None and "t" in comp.conditions and "treatment_features" not in options:
+            factory = registry.get(kind, comp.name).factory
+            if "treatment_features" in inspect.signature(factory).parameters:
+                options["treatment_features"] = self.treatment_features
+        built = registry.build(kind, comp.name, *args, dims, **options)
+        self.uses_treatment_features |= getattr(built, "treatment_encoder", None) is not None
+        return built
 
     def labels_for(self, key: str, labels: Labels) -> Labels:
         """The labels component ``key`` (e.g. ``"z.encoder"``) sees.

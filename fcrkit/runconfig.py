@@ -67,6 +67,7 @@ DATA_KEYS: dict[str, Any] = {
     "control_value": str,
     "n_top_genes": int,
     "hold_out": dict | list,
+    "treatment_features": str,
 }
 SETUP_KEYS = ("layer", "treatment_key", "dose_key", "covariate_keys", "control_value")
 HOLD_OUT_KEYS: dict[str, Any] = {"key": str, "value": str | int, "treatment": str | int}
@@ -233,12 +234,25 @@ class _Parser:
         if n_top is not None and n_top < 1:
             raise self.error("data", "n_top_genes", f"n_top_genes must be a positive integer, got {n_top!r}.")
         setup = {k: table[k] for k in SETUP_KEYS if k in table}
+        if "treatment_features" in table:  # a CSV: first column the treatment names, then numeric features
+            setup["treatment_features"] = self.features_table(table["treatment_features"])
         held = table.get("hold_out", [])
         hold_out = tuple(self.hold_out(h) for h in (held if isinstance(held, list) else [held]))
         if hold_out and "treatment_key" not in table:
             raise self.error("data", "hold_out", "hold_out needs treatment_key in [data] (it holds out cells of one "
                              "covariate value under one treatment).")
         return path, setup, hold_out, n_top
+
+    def features_table(self, raw: str) -> Any:
+        """The ``[data] treatment_features`` CSV (relative to the config's folder) as a DataFrame."""
+        import pandas as pd
+
+        path = (Path(raw) if Path(raw).is_absolute() else self.base_dir / raw).resolve()
+        if not path.is_file():
+            raise self.error("data", "treatment_features", f"treatment_features: file {str(path)!r} does not exist "
+                             "(a CSV whose first column names the treatments; paths are relative to the config "
+                             "file's folder).")
+        return pd.read_csv(path, index_col=0)
 
     def hold_out(self, table: Any) -> HoldOut:
         section = "data.hold_out"

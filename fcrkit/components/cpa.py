@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from fcrkit.components.decoders import MLPDecoder
 from fcrkit.components.nn import mlp, mlp_width
 from fcrkit.components.structure import _check_blocks, _check_label
+from fcrkit.components.treatments import build_treatment_encoder
 from fcrkit.data.labels import treatment_entries
 from fcrkit.errors import ConfigError, check_choice
 from fcrkit.hookspecs import hookimpl
@@ -115,6 +116,12 @@ class AdditiveEmbeddingDecoder(nn.Module):
         norm: the MLP, as for the ``mlp`` decoder.
         dropout: the MLP, as for the ``mlp`` decoder.
         activation: the MLP, as for the ``mlp`` decoder.
+        treatment_features: the treatments' feature matrix (passed by the generic model when the data were
+            set up with ``treatment_features``): each treatment's embedding ``e_d`` is then a linear map of
+            its encoded features (:mod:`fcrkit.components.treatments`) rather than a free vector, so an
+            unseen treatment has one.
+        treatment_encoder: the encoder of the features (a name or ``{name = ..., <options>}``; ``"none"``:
+            free embeddings even with features).
     """
 
     def __init__(
@@ -132,16 +139,29 @@ class AdditiveEmbeddingDecoder(nn.Module):
         norm: str = "batch",
         dropout: float = 0.0,
         activation: str = "relu",
+        treatment_features: Tensor | None = None,
+        treatment_encoder: str | Mapping[str, object] | None = "features",
     ):
         super().__init__()
         self.mlp = MLPDecoder(n_input, n_output, heads, {}, n_hidden=n_hidden, n_layers=n_layers, norm=norm,
                               dropout=dropout, activation=activation)
-        self.treatment_embedding = self.dose_response = self.covariate_embedding = None
+        self.treatment_embedding = self.dose_response = self.covariate_embedding = self.treatment_encoder = None
         if "t" in label_dims:
             self.dose_response = DoseResponse(label_dims["t"], dose_response, dose_hidden, reference_dose)
-            self.treatment_embedding = nn.Parameter(torch.randn(label_dims["t"], n_input))
+            self.treatment_encoder = build_treatment_encoder(treatment_encoder, treatment_features,
+                                                             "decoder 'additive_embedding'")
+            if self.treatment_encoder is None:
+                self.treatment_embedding = nn.Parameter(torch.randn(label_dims["t"], n_input))
+            else:  # e_d = A h(F_d): the embeddings are a function of the features
+                self.feature_map = nn.Linear(self.treatment_encoder.width, n_input)
         if "x" in label_dims:
             self.covariate_embedding = nn.Parameter(torch.randn(label_dims["x"], n_input))
+
+    def embeddings(self) -> Tensor:
+        """The treatments' embeddings ``e_d``, ``(n_treatments, n_input)``: free, or from their features."""
+        if self.treatment_embedding is not None:
+            return self.treatment_embedding
+        return self.feature_map(self.treatment_encoder.table())
 
     def shift(self, labels: Labels, n_cells: int) -> Tensor | float:
         """The embeddings added to the basal latent of ``n_cells`` cells: ``Σ_d f_d(dose_d) e_d + Σ_k E_k[x_k]``.
@@ -150,9 +170,9 @@ class AdditiveEmbeddingDecoder(nn.Module):
         ``(cells, treatments)`` tensor.
         """
         shift: Tensor | float = 0.0
-        if self.treatment_embedding is not None:
+        if self.dose_response is not None:
             cells, treatments, doses = treatment_entries(labels)
-            terms = self.dose_response(doses, treatments).unsqueeze(-1) * self.treatment_embedding[treatments]
+            terms = self.dose_response(doses, treatments).unsqueeze(-1) * self.embeddings()[treatments]
             shift = terms.new_zeros(n_cells, terms.shape[-1]).index_add(0, cells, terms)
         if self.covariate_embedding is not None:
             shift = shift + labels["x"] @ self.covariate_embedding

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fcrkit.components.nn import label_matrix, mlp, mlp_width, positive, total_width
+from fcrkit.components.treatments import build_treatment_encoder
 from fcrkit.errors import ConfigError, listing
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import LabelDims, Labels
@@ -76,6 +77,12 @@ class ConditionalGaussian(nn.Module):
             ``p(z_tx | t, x)`` from ``k_t ⊙ k_x`` with the very ``k_x``, ``k_t`` of ``p(z_x | x)`` and
             ``p(z_t | t)`` (the paper's Figure 2a). Those priors own the embeddings (and save them);
             this one holds only its mean and scale heads. Resolved by :meth:`link`.
+        treatment_features: the treatments' feature matrix (vocabulary x features); the generic model
+            passes it when the data were set up with ``treatment_features``. The ``t`` condition is then
+            embedded by ``treatment_encoder`` from the features (see :mod:`fcrkit.components.treatments`)
+            instead of one free vector per treatment, so an unseen treatment has a prior too.
+        treatment_encoder: the encoder of the features (a name or ``{name = ..., <options>}``; ``"none"``:
+            the free embedding even with features).
     """
 
     def __init__(
@@ -90,8 +97,16 @@ class ConditionalGaussian(nn.Module):
         learn_scale: bool = True,
         min_scale: float = 1e-3,
         embeddings_from: Mapping[str, str] | None = None,
+        treatment_features: Tensor | None = None,
+        treatment_encoder: str | Mapping[str, object] | None = "features",
     ):
         super().__init__()
+        self.treatment_encoder = None
+        if "t" in label_dims and not embeddings_from:  # with embeddings_from, the owners embed t
+            self.treatment_encoder = build_treatment_encoder(treatment_encoder, treatment_features,
+                                                             "prior 'conditional_gaussian'")
+            if self.treatment_encoder is not None:
+                label_dims = {**label_dims, "t": self.treatment_encoder.width}
         if not label_dims:
             raise ConfigError(
                 "prior 'conditional_gaussian' needs labels to condition on: give it conditions, "
@@ -127,6 +142,8 @@ class ConditionalGaussian(nn.Module):
 
     def embedding(self, labels: Labels) -> Tensor:
         """The condition embedding the mean and scale heads read."""
+        if self.treatment_encoder is not None:  # t's features in place of its multi-hot row
+            labels = {**labels, "t": self.treatment_encoder(labels)}
         if self.combine == "concat":
             return self.embed["all"](label_matrix(labels, self.conditions))
         if self.combine == "outer":

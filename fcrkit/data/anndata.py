@@ -17,6 +17,10 @@ arrays described in :mod:`fcrkit.protocols` ("Labels"):
 A condition whose width would be 0 (no covariates, no treatment vocabulary) is left out. Each
 label is held as indices and values (:class:`~fcrkit.data.labels.EncodedLabel`), never as the dense
 cells x vocabulary matrix above, which ``np.asarray(label)`` builds on request.
+
+``treatment_features`` (a DataFrame, one row of numbers per treatment) lets models embed a treatment
+through its features rather than a free per-treatment embedding, so they can predict treatments absent
+from training: every row joins the treatment vocabulary (see :class:`TreatmentFeatures`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,57 @@ _BLOCK_ELEMENTS = 1 << 24  # dense matrices are scanned in row blocks of about t
 Matrix = np.ndarray | sp.csr_matrix
 
 
+@dataclass(frozen=True, eq=False)
+class TreatmentFeatures:
+    """Numeric features of treatments (rows) that models embed instead of learning one vector per treatment.
+
+    Built by :func:`setup_anndata` from a ``treatment_features`` DataFrame and stored with the setup (in
+    ``adata.uns``, in a saved model's ``model.json``). Every row's treatment joins the treatment
+    vocabulary, so ``predict(cells, treatment=name)`` accepts any treatment with a row, also one that no
+    training cell received.
+
+    Attributes:
+        names: the treatments, one per row (unique, no combination, not the control).
+        columns: the feature names.
+        values: ``(len(names), len(columns))`` float64, finite.
+    """
+
+    names: tuple[str, ...]
+    columns: tuple[str, ...]
+    values: np.ndarray
+
+    def __post_init__(self) -> None:
+        values = np.array(self.values, dtype=np.float64).reshape(len(self.names), len(self.columns))
+        values.setflags(write=False)
+        object.__setattr__(self, "names", _str_tuple(self.names))
+        object.__setattr__(self, "columns", _str_tuple(self.columns))
+        object.__setattr__(self, "values", values)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, TreatmentFeatures) and self.names == other.names and self.columns == other.columns
+                and np.array_equal(self.values, other.values))
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, like the setup that holds it
+
+    def matrix(self, treatments: Iterable[str]) -> np.ndarray:
+        """The rows of ``treatments`` (e.g. the setup's vocabulary), in that order: ``(n, len(columns))``."""
+        row = {name: i for i, name in enumerate(self.names)}
+        return self.values[[row[str(t)] for t in treatments]]
+
+    def frame(self) -> pd.DataFrame:
+        """The features as a DataFrame (rows = treatments)."""
+        return pd.DataFrame(self.values, index=list(self.names), columns=list(self.columns))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, for ``adata.uns`` and JSON (floats round-trip exactly)."""
+        return {"names": list(self.names), "columns": list(self.columns), "values": self.values.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TreatmentFeatures:
+        """Rebuild from :meth:`to_dict` output (also after an h5ad round trip)."""
+        return cls(_str_tuple(d["names"]), _str_tuple(d["columns"]), np.asarray(d["values"], dtype=np.float64))
+
+
 @dataclass(frozen=True)
 class AnnDataSetup:
     """What :func:`setup_anndata` registered: the matrix, the label columns and their vocabularies.
@@ -61,6 +116,7 @@ class AnnDataSetup:
         control_value: the treatment label of control cells.
         treatments: vocabulary of single treatments, sorted, the control excluded.
         covariate_levels: per covariate key, its sorted levels (as strings).
+        treatment_features: the treatments' features (None: none given); their rows are in ``treatments``.
     """
 
     layer: str | None
@@ -70,6 +126,7 @@ class AnnDataSetup:
     control_value: str
     treatments: tuple[str, ...]
     covariate_levels: dict[str, tuple[str, ...]]
+    treatment_features: TreatmentFeatures | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "covariate_keys", _str_tuple(self.covariate_keys))
@@ -80,6 +137,15 @@ class AnnDataSetup:
         if missing:
             raise ConfigError(f"covariate_levels lacks the levels of covariate(s) {listing(missing)}.")
         object.__setattr__(self, "covariate_levels", {k: levels[k] for k in self.covariate_keys})
+        features = self.treatment_features
+        if features is not None and set(features.names) - set(self.treatments):
+            raise ConfigError("treatment_features has rows that are not in the treatment vocabulary.")
+
+    def feature_matrix(self) -> np.ndarray | None:
+        """The treatment features aligned with the vocabulary, ``(len(treatments), n_features)``; None without."""
+        if self.treatment_features is None:
+            return None
+        return self.treatment_features.matrix(self.treatments)
 
     @property
     def label_dims(self) -> dict[str, int]:
@@ -113,6 +179,8 @@ class AnnDataSetup:
         }
         optional = {"layer": self.layer, "treatment_key": self.treatment_key, "dose_key": self.dose_key}
         d.update({key: value for key, value in optional.items() if value is not None})
+        if self.treatment_features is not None:
+            d["treatment_features"] = self.treatment_features.to_dict()
         return d
 
     @classmethod
@@ -131,6 +199,8 @@ class AnnDataSetup:
             control_value=str(d["control_value"]),
             treatments=_str_tuple(d.get("treatments", ())),
             covariate_levels=dict(d.get("covariate_levels", {})),
+            treatment_features=(TreatmentFeatures.from_dict(d["treatment_features"])
+                                if d.get("treatment_features") is not None else None),
         )
 
     def encode_labels(self, obs: pd.DataFrame) -> dict[str, EncodedLabel]:
@@ -267,6 +337,7 @@ def setup_anndata(
     dose_key: str | None = None,
     covariate_keys: str | Iterable[str] = (),
     control_value: str = "control",
+    treatment_features: pd.DataFrame | None = None,
 ) -> AnnDataSetup:
     """Validate ``adata`` and register which matrix and label columns fcrkit models.
 
@@ -277,6 +348,11 @@ def setup_anndata(
         dose_key: obs column of doses: numbers, or strings like ``"1.0+0.5"`` (one per part).
         covariate_keys: obs column(s) of categorical covariates (a single name is fine).
         control_value: the treatment label of control cells (their ``t`` is all zeros).
+        treatment_features: numeric features of the treatments: a DataFrame whose index names single
+            treatments (every treatment in the data needs a row; a row for the control is ignored) and
+            whose columns are numbers (a gene embedding, a fingerprint ...). The FCR, CPA and LinearRidge
+            recipes then embed each treatment from its features, and every row's treatment, seen in the
+            data or not, joins the vocabulary, so ``predict`` can name it (see docs/prediction.md).
 
     Returns:
         The :class:`AnnDataSetup`, also retrievable with :func:`get_setup`.
@@ -302,14 +378,23 @@ def setup_anndata(
     check_unique_genes(adata)
     matrix = get_matrix(adata, layer, stream=True)  # a backed X is checked in row blocks, never loaded
     _check_finite(matrix, layer, adata.obs_names)
+    treatments = _treatment_vocabulary(adata.obs, treatment_key, control_value)
+    features = None
+    if treatment_features is not None:
+        if treatment_key is None:
+            raise ConfigError("treatment_features was given without treatment_key; features describe treatments: "
+                              "pass treatment_key= as well.")
+        features = _treatment_features(treatment_features, treatments, control_value)
+        treatments = tuple(sorted(set(treatments) | set(features.names)))
     setup = AnnDataSetup(
         layer=layer,
         treatment_key=treatment_key,
         dose_key=dose_key,
         covariate_keys=covariate_keys,
         control_value=control_value,
-        treatments=_treatment_vocabulary(adata.obs, treatment_key, control_value),
+        treatments=treatments,
         covariate_levels={key: _levels(adata.obs, key) for key in covariate_keys},
+        treatment_features=features,
     )
     setup.encode_labels(adata.obs)  # validates doses and combination shapes
     adata.uns[UNS_KEY] = setup.to_dict()
@@ -624,6 +709,46 @@ def _treatment_vocabulary(obs: pd.DataFrame, key: str | None, control_value: str
             f"{did_you_mean(control_value, labels)}"
         )
     return tuple(sorted(parts - {control_value}))
+
+
+def _treatment_features(table: Any, used: tuple[str, ...], control_value: str) -> TreatmentFeatures:
+    """Check a ``treatment_features`` table against the treatments the data use; each error names the fix."""
+    if isinstance(table, pd.Series) or not isinstance(table, pd.DataFrame):
+        raise ConfigError(f"treatment_features must be a pandas DataFrame (rows = treatment names, columns = "
+                          f"numeric features), got a {type(table).__name__}; e.g. pd.DataFrame(array, "
+                          "index=treatment_names).")
+    names = pd.Index(table.index.astype(str))
+    if table.shape[1] == 0 or table.shape[0] == 0:
+        raise DataError(f"treatment_features has shape {table.shape}; it needs one row per treatment and at least "
+                        "one feature column.")
+    if not names.is_unique:
+        dupes = sorted(set(names[names.duplicated()]))
+        raise DataError(f"treatment_features has duplicated row(s) {listing(dupes)}: one row per treatment; drop "
+                        "or average the duplicates (e.g. table.groupby(level=0).mean()).")
+    text = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])
+            or pd.api.types.is_bool_dtype(table[c])]
+    if text:
+        raise DataError(f"treatment_features column {text[0]!r} is not numeric (dtype {table[text[0]].dtype}); "
+                        "features must be numbers: encode or drop that column.")
+    combos = [n for n in names if COMBINATION_SEP in n]
+    if combos:
+        raise DataError(f"treatment_features row {combos[0]!r} is a combination; give rows for single treatments "
+                        "only (a combination is embedded from its parts).")
+    keep = names != control_value  # a control has no treatment entry, so it needs no features
+    values = table.to_numpy(dtype=np.float64)[keep]
+    names = names[keep]
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise DataError(f"treatment_features has {int(bad.sum())} non-finite value(s) (NaN or infinite); the first, "
+                        f"{values[row, col]}, is treatment {names[row]!r}, column {table.columns[col]!r}. Impute "
+                        "or drop them.")
+    missing = sorted(set(used) - set(names))
+    if missing:
+        raise DataError(f"treatment_features has no row for treatment(s) {listing(missing)} of the data; every "
+                        "treatment the cells receive needs a row (add the rows, or drop those cells)."
+                        f"{did_you_mean(missing[0], names)}")
+    return TreatmentFeatures(tuple(names), tuple(str(c) for c in table.columns), values)
 
 
 def split_treatment(label: str, column: str | None = None) -> tuple[str, ...]:

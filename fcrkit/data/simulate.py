@@ -1,6 +1,6 @@
 """Simulated perturbation data with known latents.
 
-Three worlds, all ``latent -> random leaky-ReLU network -> softmax gene fractions -> counts``:
+The worlds, all ``latent -> random leaky-ReLU network -> softmax gene fractions -> counts``:
 
 ``basic``
     the small world the demo and the tests use: one latent per cell whose mean depends on its cell
@@ -14,6 +14,9 @@ Three worlds, all ``latent -> random leaky-ReLU network -> softmax gene fraction
 ``sparse_shift``
     the sVAE world: each treatment shifts 1-3 latents by ±N(5, 0.5), controls none; the true
     targets and shifts are stored for target-identification metrics.
+``feature_effects``
+    unseen perturbations: each treatment's latent shift is one fixed linear map of its known
+    features (stored with the data), so a model given the features can predict a held-out treatment.
 ``contrastive``
     the contrastiveVI world: background cells with a shared latent only, target cells with a
     salient latent too (subgroups), for comparative models such as ``ContrastiveVI``.
@@ -740,6 +743,71 @@ def contrastive(
     adata.obsm["z_shared"] = z_shared.astype(np.float32)
     adata.obsm["z_salient"] = z_salient.astype(np.float32)
     adata.uns["simulation"] = {"kind": "contrastive", "seed": int(seed)}
+    return adata
+
+
+def feature_effects(
+    n_treatments: int = 20,
+    n_features: int = 6,
+    n_covariates: int = 2,
+    cells_per_condition: int = 50,
+    n_genes: int = 100,
+    n_latent: int = 6,
+    *,
+    effect_size: float = 2.5,
+    library_size: float = 2000.0,
+    dispersion: float = 5.0,
+    seed: int = 0,
+) -> AnnData:
+    """A world whose treatment effects are a function of known treatment features (unseen perturbations).
+
+    **Features.** Treatment ``p`` has features ``f_p ~ N(0, I)`` (``n_features`` of them), stored as
+    ``adata.uns["treatment_features"]`` (a DataFrame, rows ``pert_0 ..``, columns ``feat_0 ..``) for
+    ``fcrkit.setup_anndata(..., treatment_features=adata.uns["treatment_features"])``.
+
+    **Latents.** ``z = μ[covariate] + s_p + N(0, I)`` with covariate means ``μ ~ N(0, 1.5²)`` and the
+    treatment's shift ``s_p = effect_size · f_p B / sqrt(n_features)``, ``B ~ N(0, 1)`` (``n_features x
+    n_latent``), the same map for every treatment: a model that learns it from the treatments in
+    training knows the effect of any other treatment from its features. Controls have ``s = 0``.
+
+    **Counts.** As :func:`basic`: gene fractions ``softmax(W2 leaky_relu(W1 z))``, library sizes
+    log-normal around ``library_size``, ``NB(mean = library · fractions, theta = dispersion)``.
+
+    **Cells.** ``cells_per_condition`` cells of each (covariate, treatment) pair and twice as many
+    controls per covariate value; ``obs["covariate"]`` (``cov_0`` ..) and ``obs["treatment"]``
+    (``control``, ``pert_0`` ..). The shifts are in ``uns["simulation"]["shifts"]``, the latents in
+    ``obsm["z_true"]``.
+    """
+    _check_positive(n_treatments=n_treatments, n_features=n_features, n_covariates=n_covariates,
+                    cells_per_condition=cells_per_condition, n_genes=n_genes, n_latent=n_latent)
+    _check_positive_real(effect_size=effect_size, library_size=library_size, dispersion=dispersion)
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n_treatments, n_features))
+    shifts = effect_size * features @ rng.normal(size=(n_features, n_latent)) / np.sqrt(n_features)
+    covariate_means = rng.normal(0.0, 1.5, size=(n_covariates, n_latent))
+    weights = _random_weights(rng, [n_latent, 4 * n_latent, n_genes], gains=[1.0, 1.5])
+
+    per_covariate = np.concatenate([np.full(2 * cells_per_condition, -1),
+                                    np.repeat(np.arange(n_treatments), cells_per_condition)])
+    treatment = np.tile(per_covariate, n_covariates)
+    covariate = np.repeat(np.arange(n_covariates), len(per_covariate))
+    z = covariate_means[covariate] + rng.normal(size=(len(treatment), n_latent))
+    treated = treatment >= 0
+    z[treated] += shifts[treatment[treated]]
+    fractions = _softmax(_mlp(z, weights))
+    counts = _observe(rng, fractions, _library_sizes(rng, len(z), library_size), "nb", dispersion, library_size)
+
+    names = [f"pert_{p}" for p in range(n_treatments)]
+    obs = pd.DataFrame(
+        {"covariate": pd.Categorical([f"cov_{c}" for c in covariate]),
+         "treatment": pd.Categorical(np.where(treated, np.array(names + ["control"])[treatment], "control"))},
+        index=[f"cell_{i}" for i in range(len(z))],
+    )
+    adata = AnnData(sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=[f"gene_{g}" for g in range(n_genes)]))
+    adata.obsm["z_true"] = z.astype(np.float32)
+    adata.uns["treatment_features"] = pd.DataFrame(features, index=names,
+                                                   columns=[f"feat_{k}" for k in range(n_features)])
+    adata.uns["simulation"] = {"kind": "feature_effects", "seed": int(seed), "shifts": shifts}
     return adata
 
 

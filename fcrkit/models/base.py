@@ -88,7 +88,8 @@ class Model:
             if seed is not None:
                 torch.manual_seed(seed)
             return GenerativeModel(self.spec, self.setup.label_dims, self.adata.n_vars,
-                                   label_groups=self.setup.label_groups)
+                                   label_groups=self.setup.label_groups,
+                                   treatment_features=self.setup.feature_matrix())
 
     def __repr__(self) -> str:
         blocks = ", ".join(f"{b.name}={b.dim}" for b in self.spec.blocks)
@@ -491,6 +492,16 @@ class Model:
                 f"with (known treatments: {listing(setup.treatments)}; control: {setup.control_value!r})."
                 f"{did_you_mean(unknown[0], known)}"
             )
+        if setup.treatment_features is not None and not self.module.uses_treatment_features:
+            # feature rows join the vocabulary, but only a model that embeds features has learned them
+            seen = {setup.control_value}.union(*(
+                split_treatment(label, setup.treatment_key)
+                for label in pd.unique(self.adata.obs[setup.treatment_key].astype(str))))
+            unseen = [p for p in parts if p not in seen]
+            if unseen:
+                raise DataError(f"predict(): treatment {listing(unseen)} has features but no training cells, and "
+                                f"model {self.spec.name!r} does not embed treatments from their features (FCR, CPA "
+                                "and LinearRidge do); it can only predict treatments it was trained on.")
         if isinstance(dose, bool) or not isinstance(dose, (int, float, np.integer, np.floating, str)):
             raise ConfigError(f"predict(): dose={dose!r} ({type(dose).__name__}) must be a number, or one number "
                               "per part of a combination joined by '+' (e.g. '1.0+0.5').")

@@ -265,28 +265,42 @@ class LinearRidge(Baseline):
     a combination's row is the sum of its parts' rows. ``W = (GᵀG + λI)⁻¹ Gᵀ (D - b) P (PᵀP + λI)⁻¹``
     (ridge on both sides, λ = ``ridge``). Prediction: ``ctrl[g] + b + G W P_tᵀ``.
 
+    With ``treatment_features`` in the setup (:func:`fcrkit.setup_anndata`), ``P``'s rows are instead the
+    treatments' features, centred on the mean row of the single treatments seen in training (the paper's
+    "supplied embedding"): every treatment with a feature row then has an embedding, seen in training or
+    not, so the model predicts unseen treatments.
+
     Args:
         adata: set-up data.
         n_components: PCA dimensions of both embeddings (the paper's 10); fewer when the data have fewer.
         ridge: the ridge penalty λ (the paper's 0.1).
+        use_features: take ``P`` from the setup's treatment features when it has them (False: always
+            from the training changes).
     """
 
-    def __init__(self, adata: AnnData, *, n_components: int = 10, ridge: float = 0.1, target_sum: float = 1e4,
-                 seed: int | None = None):
+    def __init__(self, adata: AnnData, *, n_components: int = 10, ridge: float = 0.1, use_features: bool = True,
+                 target_sum: float = 1e4, seed: int | None = None):
         super().__init__(adata, target_sum=target_sum, seed=seed)
         if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) or n_components < 1:
             raise ConfigError(f"LinearRidge: n_components={n_components!r} must be a positive integer.")
         if not np.isfinite(ridge) or ridge < 0:
             raise ConfigError(f"LinearRidge: ridge={ridge!r} must be a non-negative number.")
         self.n_components, self.ridge = int(n_components), float(ridge)
+        self.use_features = bool(use_features) and self.setup.treatment_features is not None
 
     def _fit(self) -> None:
         effects = self.single_effects()
         if not effects:
             raise DataError("LinearRidge: no treatment was seen alone with controls of the same group in training.")
         names = sorted(effects)
-        singles = np.stack([effects[t] for t in names])
-        self.embedding = dict(zip(names, _pc_scores(singles - singles.mean(0), self.n_components)))
+        if self.use_features:  # the supplied embedding: every treatment with a feature row has one
+            features = self.setup.treatment_features
+            rows = features.matrix(features.names)
+            centre = features.matrix(names).mean(0)
+            self.embedding = dict(zip(features.names, rows - centre))
+        else:
+            singles = np.stack([effects[t] for t in names])
+            self.embedding = dict(zip(names, _pc_scores(singles - singles.mean(0), self.n_components)))
         control = self.setup.control_value
         columns = [(g, t) for (g, t) in self.profiles if t != control and (g, control) in self.profiles
                    and all(p in self.embedding for p in t.split(COMBINATION_SEP))]

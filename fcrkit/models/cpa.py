@@ -113,7 +113,8 @@ class CPA(Recipe):
         adversary_warmup_epochs, kl_warmup_epochs: linear warm-up of the two weights.
 
     The basal state goes to ``obsm["X_cpa"]``; ``predict(controls, treatment, dose)`` decodes the
-    controls' basal states with the target treatment at ``dose``.
+    controls' basal states with the target treatment at ``dose``. With ``treatment_features`` in the
+    setup, each treatment's embedding is a function of its features, so an unseen treatment has one too.
     """
 
     build_spec = staticmethod(cpa_spec)

@@ -167,6 +167,9 @@ class FCR(Recipe):
     Latents go to ``obsm["X_fcr_x"]``, ``["X_fcr_tx"]``, ``["X_fcr_t"]``; ``predict`` redraws ``z_t``
     and ``z_tx`` from their priors under the target condition (``counterfactual="shift"``: shifts the
     cell's posterior by the difference of the prior means instead).
+
+    With ``treatment_features`` in the setup, the priors embed each treatment from its features
+    (:mod:`fcrkit.components.treatments`), so ``predict`` also takes a treatment no training cell received.
     """
 
     build_spec = staticmethod(fcr_spec)

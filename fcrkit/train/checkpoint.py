@@ -9,6 +9,7 @@ essentials). :func:`check_identity` refuses a checkpoint of another run, naming 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import random
@@ -108,6 +109,9 @@ def identity(module: torch.nn.Module, n_obs: int, plan: Any, seed: int) -> dict[
         "lr": plan.lr,  # the optimiser's saved state would silently override another lr
         "weight_decay": plan.weight_decay,
         "elbo": elbo,
+        # features change what the weights mean, not their shapes: another table may not resume this run
+        **({"treatment_features": hashlib.sha256(features.numpy().tobytes()).hexdigest()}
+           if (features := getattr(module, "treatment_features", None)) is not None else {}),
     }
 
 
