@@ -250,6 +250,8 @@ def test_every_builtin_component_passes_the_conformance_check(record):
         "mask_sparsity": {"global_dims": {"mask": 3}},
         "bernoulli": {"label_dims": {}},
         "beta": {"label_dims": {}},
+        "basal_mlp": {"label_dims": {"t": 3, "embedding": 4, "mask": 4},
+                      "options": {"embedding": "embedding", "mask": "mask"}},
     }
     assert check_component(record.kind, record.name, **settings.get(record.name, {})) is not None
 

@@ -110,8 +110,8 @@ def test_builtins_are_listed_with_plugin_origin_and_summary():
     assert keys == sorted(keys)
     likelihoods = ["gaussian", "lognorm_gaussian", "nb", "poisson", "zinb"]
     assert [r.name for r in fcrkit.list_components("likelihood")] == likelihoods
-    assert get_registry().names("prior") == ["conditional_gaussian", "gaussian_mixture", "sparse_shift",
-                                            "standard_normal"]
+    assert get_registry().names("prior") == ["bernoulli", "beta", "conditional_gaussian", "gaussian_mixture",
+                                            "sparse_shift", "standard_normal"]
 
 
 def test_unknown_component_lists_available_and_suggests():

@@ -214,7 +214,7 @@ def _line(text: str, needle: str) -> int:
     ('dir = "run"', 'dirr = "run"', ["[output]", "unknown key 'dirr'", "Did you mean 'dir'"]),
     ('treatment = "drug_1" }', 'treatmnt = "drug_1" }', ["[data.hold_out]", "unknown key 'treatmnt'"]),
     ('recipe = "FCR"', 'recipe = "FRC"',
-     ["unknown recipe 'FRC'", "Did you mean 'FCR'", "Available recipes: 'BetaVAE', 'CPA', 'FCR'"]),
+     ["unknown recipe 'FRC'", "Did you mean 'FCR'", "Available recipes: 'BetaVAE', 'CPA', 'ContrastiveVI', 'FCR'"]),
     ('likelihood = "nb"', 'likelihood = "nbb"', ["[model]", "unknown likelihood 'nbb'", "Did you mean 'nb'"]),
     ("n_latent = { x = 2, t = 2, tx = 3 }", "n_latent = { x = 2, t = 2, txx = 3 }", ["[model]", "n_latent", "'tx'"]),
     ("n_hidden = 32", 'n_hidden = "32"', ["[model] n_hidden must be an integer", "'32' (string)"]),
