@@ -245,7 +245,8 @@ class BetaPrior(nn.Module):
     Args:
         dim: the block's dimension.
         label_dims: must be empty.
-        concentration1, concentration0: the Beta's two shape parameters (α and β).
+        concentration1: the Beta's first shape parameter (α).
+        concentration0: the Beta's second shape parameter (β).
     """
 
     def __init__(self, dim: int, label_dims: LabelDims, *, concentration1: float = 1.0,

@@ -141,7 +141,8 @@ class DataParallel(SingleProcess):
 
     Args:
         n_obs: the number of cells of the whole data set (this rank holds :attr:`rows` of them).
-        rank, world: this process's rank and the group's size (default: the process group's).
+        rank: this process's rank (default: the process group's).
+        world: the group's size (default: the process group's).
 
     Attributes:
         rows: ``(start, stop)``, the rows of the data this rank owns.
