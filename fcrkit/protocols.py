@@ -220,7 +220,7 @@ class BlockMoments(dict):
 class ModelParts(Protocol):
     """What a regulariser may run of the model it joins: the methods :class:`Context` calls for it.
 
-    The generic model (:class:`fcrkit.model.GenerativeModel`) provides them; a regulariser never
+    The generic model (:class:`fcrkit.program.GenerativeModel`) provides them; a regulariser never
     reaches into the model for anything else. Each works on any labels and values, not only the
     minibatch's (e.g. a counterfactual treatment).
 

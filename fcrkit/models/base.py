@@ -43,9 +43,9 @@ from fcrkit.errors import (
     did_you_mean,
     listing,
 )
-from fcrkit.model import GenerativeModel
 from fcrkit.models import persistence
 from fcrkit.models.persistence import META_FILE, WEIGHTS_FILE
+from fcrkit.program import GenerativeModel
 from fcrkit.spec import DEFAULT_POSTERIOR, ComponentSpec, ModelSpec, line_of
 from fcrkit.train import distributed
 from fcrkit.train.trainer import History, Trainer, TrainingPlan, resolve_device

@@ -31,7 +31,7 @@ from fcrkit.protocols import KINDS, Context, ModelInfo, ModelParts
 from fcrkit.registry import Registry, get_registry
 
 if TYPE_CHECKING:
-    from fcrkit.model import GenerativeModel
+    from fcrkit.program import GenerativeModel
 
 __all__ = ["ConformanceError", "check_component", "random_context", "random_labels", "tiny_adata"]
 
@@ -320,7 +320,7 @@ def _check_regularizer(reg: Any, labels: dict, args: tuple, generator: torch.Gen
 def _module_for(info: ModelInfo, prior_entry: Any = None) -> GenerativeModel:
     """A small generic model with ``info``'s blocks, each with a prior conditioned on every label (or
     the prior ``prior_entry``, a spec entry)."""
-    from fcrkit.model import GenerativeModel
+    from fcrkit.program import GenerativeModel
     from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec
 
     conditioned = ComponentSpec("conditional_gaussian", tuple(info.label_dims))

@@ -1,4 +1,4 @@
-"""Stochastic variational inference for a :class:`~fcrkit.model.GenerativeModel`.
+"""Stochastic variational inference for a :class:`~fcrkit.program.GenerativeModel`.
 
 Each step computes ``elbo.differentiable_loss(model, guide)`` (per cell) under the regularisers'
 effects, adds ``weight * loss(ctx)`` for each regulariser with a loss, and steps one torch
@@ -35,7 +35,7 @@ from fcrkit import progress
 from fcrkit.data.loaders import MIN_BATCH_CELLS, Batch, CellData, batch_sizes
 from fcrkit.data.pairing import ControlPairing, PairSampler
 from fcrkit.errors import ConfigError, NonFiniteLossError, PluginError, UnknownComponentError
-from fcrkit.model import GenerativeModel
+from fcrkit.program import GenerativeModel
 from fcrkit.registry import get_registry
 from fcrkit.train import checkpoint
 from fcrkit.train.objectives import OBJECTIVES, evaluation_loss, objective_problems, resolve_objective
