@@ -32,7 +32,7 @@ from anndata import AnnData
 
 from fcrkit.data.anndata import split_treatment
 from fcrkit.data.loaders import Batch
-from fcrkit.errors import ConfigError, DataError, listing
+from fcrkit.errors import ConfigError, DataError, check_choice, listing
 from fcrkit.models.base import Recipe
 from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec, check_latent_size, check_weight
 
@@ -57,8 +57,7 @@ def samsvae_spec(
 ) -> ModelSpec:
     """The SAMS-VAE spec; see :class:`SAMSVAE` for the arguments."""
     check_latent_size(n_latent, "n_latent")
-    if guide not in GUIDES:
-        raise ConfigError(f"guide={guide!r} is not one of {listing(GUIDES)} (SAMS-VAE's two variational families).")
+    check_choice("guide", guide, GUIDES, owner="SAMSVAE")
     if isinstance(mask_prior, bool) or not isinstance(mask_prior, (int, float)) or not 0 < mask_prior < 1:
         raise ConfigError(f"mask_prior={mask_prior!r} must be a probability strictly between 0 and 1 (the prior "
                           "probability that a perturbation shifts a latent dimension).")
