@@ -31,7 +31,6 @@ Components are looked up in the registry by name; each sees only the labels its 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 
@@ -47,7 +46,7 @@ from fcrkit.components.nn import frozen_norm_statistics, lognormalize
 from fcrkit.data.labels import select_labels, with_values
 from fcrkit.data.loaders import Batch
 from fcrkit.errors import ConfigError, listing
-from fcrkit.protocols import BlockMoments, Context, InputKind, Labels, ModelInfo
+from fcrkit.protocols import TREATMENT_FEATURES, BlockMoments, Context, InputKind, Labels, ModelInfo
 from fcrkit.registry import Registry, get_registry
 from fcrkit.spec import ComponentSpec, ModelSpec
 
@@ -180,10 +179,9 @@ class GenerativeModel(nn.Module):
         self._conditions[key] = comp.conditions
         dims = {c: widths[c] for c in comp.conditions}
         options = dict(comp.options)
-        if self.treatment_features is not None and "t" in comp.conditions and "treatment_features" not in options:
-            factory = registry.get(kind, comp.name).factory
-            if "treatment_features" in inspect.signature(factory).parameters:
-                options["treatment_features"] = self.treatment_features
+        if (self.treatment_features is not None and "t" in comp.conditions and TREATMENT_FEATURES not in options
+                and registry.takes_option(kind, comp.name, TREATMENT_FEATURES)):
+            options[TREATMENT_FEATURES] = self.treatment_features
         built = registry.build(kind, comp.name, *args, dims, **options)
         self.uses_treatment_features |= getattr(built, "treatment_encoder", None) is not None
         return built
@@ -386,5 +384,5 @@ class GenerativeModel(nn.Module):
                 else:
                     lacking[moment][name] = families[name]
         loc, scale = (BlockMoments(moments[m], m, lacking[m]) for m in ("loc", "scale"))
-        return Context(z, loc, scale, batch.labels, batch.index, n_obs, epoch, progress, self, pairs,
-                       y=batch.y, library=batch.library, parts=self, globals=found, global_loc=global_loc)
+        return Context(z, loc, scale, batch.labels, batch.index, n_obs, epoch, progress, pairs, y=batch.y,
+                       library=batch.library, parts=self, globals=found, global_loc=global_loc)

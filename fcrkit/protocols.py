@@ -1,6 +1,6 @@
 """The contract between fcrkit and its components.
 
-A component is made by a *factory* (a class or a function) registered under a name of one of seven
+A component is made by a *factory* (a class or a function) registered under a name of one of eight
 kinds. fcrkit calls the factory with the positional arguments below plus the options from the model
 spec as keyword arguments, and uses the object it returns only through the methods below.
 
@@ -32,7 +32,19 @@ posterior     ``f(dim, **options)``                                      ``nn.Mo
                                                                         ``.point``, ``.read_moments``
 combiner      ``f(block_dims, label_dims, **options)``                   ``nn.Module`` with ``n_output``;
                                                                         ``comb(z, labels) -> tensor``
+treatment_    ``f(features, **options)``                                 ``nn.Module`` with ``width``,
+encoder                                                                 ``.table()``, ``enc(labels)``
 ============  ========================================================  =============================
+
+Treatment features
+    When ``fcrkit.setup_anndata(..., treatment_features=table)`` gave the treatments features, an
+    encoder, prior, decoder or combiner that conditions on ``"t"`` and whose factory takes the keyword
+    argument ``treatment_features`` receives the ``(treatments, features)`` matrix there (rows in
+    vocabulary order); it typically builds a registered ``treatment_encoder`` from it
+    (:func:`fcrkit.components.treatments.build_treatment_encoder`), so that a treatment no training
+    cell received still has an embedding, and keeps it as its attribute ``treatment_encoder`` (None
+    where it keeps a free embedding per treatment): a model one of whose parts has one can predict
+    for treatments it never saw.
 """
 
 from __future__ import annotations
@@ -52,7 +64,10 @@ LabelDims = Mapping[str, int]
 Labels = Mapping[str, Tensor]
 InputKind = Literal["counts", "real"]
 
-KINDS: tuple[str, ...] = ("encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner")
+KINDS: tuple[str, ...] = ("encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner",
+                          "treatment_encoder")
+#: The keyword argument through which a component's factory receives the treatments' feature matrix.
+TREATMENT_FEATURES = "treatment_features"
 
 
 @runtime_checkable
@@ -141,6 +156,26 @@ class Combiner(Protocol):
     n_output: int
 
     def __call__(self, z: Mapping[str, Tensor], labels: Labels) -> Tensor: ...
+
+
+@runtime_checkable
+class TreatmentEncoder(Protocol):
+    """A treatment's embedding computed from its features: ``e_p = h(F_p)``.
+
+    Built as ``f(features, **options)`` from the ``(treatments, n_features)`` matrix. ``width`` is the
+    embedding's size; ``table()`` gives every treatment's embedding, ``(treatments, width)``;
+    ``enc(labels)`` each cell's dose-weighted sum over its treatment entries, ``(cells, width)``
+    (0 for controls), from :func:`fcrkit.data.labels.treatment_entries`, never a
+    ``cells x treatments x width`` tensor.
+    """
+
+    width: int
+
+    def table(self) -> Tensor:
+        """Every treatment's embedding, ``(treatments, width)``."""
+        ...
+
+    def __call__(self, labels: Labels) -> Tensor: ...
 
 
 @runtime_checkable
@@ -262,14 +297,13 @@ class Context:
         index: row numbers of the cells in the training data.
         n_obs: the plate size: the number of training cells, twice that with control pairing.
         epoch: current epoch (0-based); ``progress`` is the fraction of training done.
-        module: the model's ``nn.Module`` (its parameters); to run the model's parts use
-            :meth:`prior`, :meth:`decode`, :meth:`encode` and :meth:`frozen_statistics`.
         pairs: with control pairing, the batch holds ``pairs`` cells followed by their ``pairs``
             paired controls (row ``i + pairs`` is the control of row ``i``); 0 without pairing.
         y, library: the batch's observed values ``(B, n_genes)`` and library sizes ``(B, 1)`` (for
             terms that compare generated with observed cells); None where no data are at hand.
-        parts: the model's parts a regulariser may run (:class:`ModelParts`), through the methods
-            below; None where no model is at hand (then those methods raise a ConfigError).
+        parts: the model's parts a regulariser may run (:class:`ModelParts`), through :meth:`prior`,
+            :meth:`decode`, :meth:`encode` and :meth:`frozen_statistics`; None where no model is at
+            hand (then those methods raise a ConfigError).
         globals: the value of each global block at this step, ``(vocabulary, dim)`` (read off the
             guide's trace; a block fixed by ``fix_global`` gives its fixed value).
         global_loc: for each global block that is a site, what its posterior family exposes as
@@ -284,7 +318,6 @@ class Context:
     n_obs: int
     epoch: int = 0
     progress: float = 0.0
-    module: nn.Module | None = field(default=None, repr=False)
     pairs: int = 0
     y: Tensor | None = field(default=None, repr=False)
     library: Tensor | None = field(default=None, repr=False)
@@ -443,6 +476,11 @@ def instance_problems(kind: str, obj: Any) -> list[str]:
         problems.append("it has no distribution(labels, n) method")
     if kind == "combiner" and not (isinstance(getattr(obj, "n_output", None), int) and obj.n_output > 0):
         problems.append("its n_output is not a positive int (the decoder's input width)")
+    if kind == "treatment_encoder":
+        if not (isinstance(getattr(obj, "width", None), int) and obj.width > 0):
+            problems.append("its width is not a positive int (the embedding's size)")
+        if not has_method(obj, "table"):
+            problems.append("it has no table() method")
     if kind == "posterior":
         for method in ("distribution", "point", "read_moments"):
             if not has_method(obj, method):
@@ -471,6 +509,7 @@ FACTORY_ARGS: dict[str, tuple[str, ...]] = {
     "regularizer": ("info",),
     "posterior": ("dim",),
     "combiner": ("block_dims", "label_dims"),
+    "treatment_encoder": ("features",),
 }
 
 #: Methods a factory that is a class must define (checked at registration).
@@ -482,5 +521,6 @@ CLASS_METHODS: dict[str, tuple[str, ...]] = {
     "regularizer": (),
     "posterior": ("distribution", "point", "read_moments"),
     "combiner": ("forward",),
+    "treatment_encoder": ("forward", "table"),
 }
 

@@ -36,7 +36,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = tuple(
     f"fcrkit.components.{kind}s"
     for kind in ("encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner")
 ) + ("fcrkit.components.structure", "fcrkit.components.independence", "fcrkit.components.sparse_shift",
-     "fcrkit.components.cpa", "fcrkit.components.counterfactual", "fcrkit.components.mixture")
+     "fcrkit.components.cpa", "fcrkit.components.counterfactual", "fcrkit.components.mixture",
+     "fcrkit.components.treatments")
 #: The default plugin that registers fcrkit's own recipes (through ``fcrkit_register_recipes``).
 BUILTIN_RECIPES = "fcrkit.models.builtin"
 #: Methods a registered recipe class must have (the surface every recipe shares).
@@ -99,9 +100,9 @@ class Registry:
     """Typed facade over the registered components.
 
     Plugins add components with :meth:`encoder`, :meth:`prior`, :meth:`decoder`,
-    :meth:`likelihood`, :meth:`regularizer`, :meth:`posterior` and :meth:`combiner`; fcrkit looks them up with
-    :meth:`get` and builds them with :meth:`build`. Whole models are added with :meth:`recipe` and looked
-    up with :meth:`get_recipe` and :meth:`recipes`.
+    :meth:`likelihood`, :meth:`regularizer`, :meth:`posterior`, :meth:`combiner` and
+    :meth:`treatment_encoder`; fcrkit looks them up with :meth:`get` and builds them with :meth:`build`.
+    Whole models are added with :meth:`recipe` and looked up with :meth:`get_recipe` and :meth:`recipes`.
     """
 
     def __init__(self) -> None:
@@ -138,6 +139,10 @@ class Registry:
     def combiner(self, name: str, factory: Callable[..., Any], summary: str | None = None) -> None:
         """Register a combiner factory ``f(block_dims, label_dims, **options)``."""
         self._add("combiner", name, factory, summary)
+
+    def treatment_encoder(self, name: str, factory: Callable[..., Any], summary: str | None = None) -> None:
+        """Register a treatment encoder factory ``f(features, **options)`` (see :mod:`fcrkit.components.treatments`)."""
+        self._add("treatment_encoder", name, factory, summary)
 
     def recipe(self, name: str, cls: type, summary: str | None = None) -> None:
         """Register a recipe: a :class:`fcrkit.models.Recipe` subclass, called ``cls(adata, **arguments)``.
@@ -227,6 +232,15 @@ class Registry:
                 f"{listing(available)}. Plugins add more; see `fcrkit components`."
             )
         return record
+
+    def takes_option(self, kind: str, name: str, option: str) -> bool:
+        """Whether component ``name``'s factory takes the keyword argument ``option``.
+
+        fcrkit asks this of :data:`fcrkit.protocols.TREATMENT_FEATURES`: a factory that takes it is
+        given the treatments' feature matrix (see :mod:`fcrkit.protocols`).
+        """
+        sig = _signature(self.get(kind, name).factory)
+        return sig is not None and option in _options(sig, kind)
 
     def build(self, kind: str, name: str, *args: Any, **options: Any) -> Any:
         """Call component ``name``'s factory with the protocol ``args`` and the spec's ``options``.

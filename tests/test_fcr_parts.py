@@ -208,7 +208,7 @@ def test_terms_count_each_cell_once_not_again_as_a_paired_control(world):
         return {k: v[:n] for k, v in d.items()}
 
     own = Context(head(paired.z), head(paired.loc), head(paired.scale), head(paired.labels), paired.index[:n],
-                  world.n_obs, module=model.module, parts=model.module)
+                  world.n_obs, parts=model.module)
     keys = ["treatment_classifier", "covariate_classifier", "permutation_t", "permutation_x", "condition_kl",
             "hsic", "tc"]
     for key in keys:

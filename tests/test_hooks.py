@@ -29,8 +29,9 @@ def guide_examples() -> dict[str, type]:
     text = GUIDE.read_text()
     examples = {}
     for kind in KINDS:
-        section = re.search(rf"^### {kind.capitalize()}\n(.*?)(?=^##)", text, re.DOTALL | re.MULTILINE)
-        assert section, f"docs/plugins.md has no '### {kind.capitalize()}' section"
+        heading = kind.replace("_", " ").capitalize()  # "treatment_encoder": "### Treatment encoder"
+        section = re.search(rf"^### {heading}\n(.*?)(?=^##)", text, re.DOTALL | re.MULTILINE)
+        assert section, f"docs/plugins.md has no '### {heading}' section"
         code = re.search(r"```python\n(.*?)```", section.group(1), re.DOTALL)
         assert code, f"the {kind} section of docs/plugins.md has no python example"
         namespace: dict = {}

@@ -31,6 +31,7 @@ BUILTINS = {
     ("likelihood", "gaussian"): "fcrkit.components.likelihoods",
     ("likelihood", "poisson"): "fcrkit.components.likelihoods",
     ("regularizer", "kl"): "fcrkit.components.regularizers",
+    ("treatment_encoder", "features"): "fcrkit.components.treatments",
 }
 
 
@@ -104,8 +105,9 @@ def test_builtins_are_listed_with_plugin_origin_and_summary():
         assert isinstance(record.summary, str) and record.summary.strip()
         assert "\n" not in record.summary  # the first line of the docstring
         assert callable(record.factory)
-    # ordered by kind (encoder, prior, decoder, likelihood, regularizer, posterior, combiner) then name
-    order = ["encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner"]
+    # ordered by kind (encoder, prior, decoder, likelihood, regularizer, posterior, combiner, treatment encoder)
+    # then name
+    order = ["encoder", "prior", "decoder", "likelihood", "regularizer", "posterior", "combiner", "treatment_encoder"]
     keys = [(order.index(r.kind), r.name) for r in records]
     assert keys == sorted(keys)
     likelihoods = ["gaussian", "lognorm_gaussian", "nb", "poisson", "zinb"]

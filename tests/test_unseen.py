@@ -7,6 +7,8 @@ training cell received; the perturbed mean (Systema's reference) cannot.
 
 from __future__ import annotations
 
+import types
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -16,7 +18,7 @@ import torch
 import fcrkit
 from fcrkit import metrics, tasks
 from fcrkit.data.anndata import AnnDataSetup, get_setup
-from fcrkit.errors import ConfigError, DataError
+from fcrkit.errors import ConfigError, DataError, UnknownComponentError
 from fcrkit.models import FCR, LinearRidge, PerturbedMean
 
 
@@ -133,6 +135,54 @@ def test_a_model_with_free_embeddings_refuses_a_treatment_it_never_saw():
     with pytest.raises(DataError, match=r"'pert_7' has features but no training cells.*does not embed"):
         model.predict(train[:5], treatment="pert_7")
     model.predict(train[:5], treatment="pert_6")  # a trained treatment is fine
+
+
+class ZeroEmbedding(torch.nn.Module):
+    """A plugin's treatment encoder: every treatment embedded as zeros (whatever its features)."""
+
+    def __init__(self, features, width: int = 3):
+        super().__init__()
+        self.width, self.n = width, len(features)
+        self.scale = torch.nn.Parameter(torch.zeros(()))
+
+    def table(self):
+        return self.scale * torch.zeros(self.n, self.width)
+
+    def forward(self, labels):
+        return labels["t"] @ self.table()
+
+
+def free_or(treatment_encoder) -> dict:
+    """A one-block spec whose conditional prior embeds the treatments with ``treatment_encoder``."""
+    return {"name": "emb", "blocks": [{"name": "z", "dim": 2, "encoder": {"name": "mlp"},
+                                       "prior": {"name": "conditional_gaussian", "conditions": ["t"],
+                                                 "treatment_encoder": treatment_encoder}}],
+            "decoder": {"name": "mlp"}, "likelihood": {"name": "nb"}}
+
+
+def test_a_plugins_treatment_encoder_is_chosen_by_name_and_an_unknown_one_is_named(fcrkit_plugin):
+    adata, features = small()
+    setup(adata, features)
+    plugin = types.ModuleType("zero_embedding_plugin")
+
+    @fcrkit.hookimpl
+    def fcrkit_register_components(registry):
+        registry.treatment_encoder("zero", ZeroEmbedding)
+
+    plugin.fcrkit_register_components = fcrkit_register_components
+    fcrkit_plugin(plugin)
+    model = fcrkit.models.Model(adata, free_or({"name": "zero", "width": 4}), seed=0)
+    encoder = model.module.priors["z"].treatment_encoder
+    assert isinstance(encoder, ZeroEmbedding) and encoder.width == 4 and model.module.uses_treatment_features
+    # every treatment embedded alike: the prior is the same for every treatment
+    labels = {"t": torch.eye(8)[:3]}
+    prior = model.module.priors["z"].distribution(labels, 3)
+    assert torch.equal(prior.mean[0], prior.mean[1]) and torch.equal(prior.mean[1], prior.mean[2])
+    with pytest.raises(UnknownComponentError, match=r"prior 'conditional_gaussian'.*unknown treatment_encoder 'zer'"
+                                                    r".*'zero'"):
+        fcrkit.models.Model(adata, free_or("zer"), seed=0)
+    with pytest.raises(ConfigError, match=r"treatment_encoder 'zero'.*unexpected keyword.*'depth'.*width"):
+        fcrkit.models.Model(adata, free_or({"name": "zero", "depth": 2}), seed=0)
 
 
 # -- the point: predicting held-out treatments from their features --------------------------------------

@@ -8,22 +8,22 @@ builds a *treatment encoder* from it, which embeds treatment ``p`` as ``e_p = h(
 dose-weighted sum over its treatments, ``Σ_p d_p e_p``. Treatments with similar features get similar
 embeddings, learned from the treatments that were seen.
 
-Encoders are registered by name (:func:`register_treatment_encoder`; the built-in ``"features"``) and
-chosen by the component option ``treatment_encoder`` (a name, or a table ``{name = ..., <options>}``;
-``"none"`` (or None): the free embedding even when the data have features). They are built by
-:func:`build_treatment_encoder`. An encoder is an ``nn.Module`` with ``width`` (its output size),
-``table()`` (the ``(vocabulary, width)`` per-treatment embeddings) and ``forward(labels)`` (the
-``(cells, width)`` dose-weighted sums, from the cells' treatment entries, never a
-``cells x treatments x width`` tensor).
+Treatment encoders are a component kind (:class:`fcrkit.protocols.TreatmentEncoder`), registered like
+the others through ``fcrkit_register_components`` (``registry.treatment_encoder(name, factory)``; the
+built-in ``"features"`` is registered by this module), and chosen by a component's option
+``treatment_encoder`` (a name, or a table ``{name = ..., <options>}``; ``"none"`` (or None): the free
+embedding even when the data have features). Components build theirs with
+:func:`build_treatment_encoder`.
 
 Components that take features: the ``conditional_gaussian`` prior (FCR's priors) and the
-``additive_embedding`` decoder (CPA). A component opts in by accepting the keyword
-``treatment_features`` in its factory; the generic model passes it when the setup has features.
+``additive_embedding`` decoder (CPA). A component opts in by taking the keyword argument
+``treatment_features`` in its factory (the contract in :mod:`fcrkit.protocols`); the generic model
+passes it when the setup has features.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -33,10 +33,12 @@ from torch import Tensor, nn
 
 from fcrkit.components.nn import mlp, mlp_width
 from fcrkit.data.labels import treatment_entries
-from fcrkit.errors import ConfigError, did_you_mean, listing
+from fcrkit.errors import ConfigError, UnknownComponentError
+from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import Labels
+from fcrkit.registry import get_registry
 
-__all__ = ["TREATMENT_ENCODERS", "FeatureEncoder", "build_treatment_encoder", "register_treatment_encoder"]
+__all__ = ["FeatureEncoder", "build_treatment_encoder"]
 
 
 class FeatureEncoder(nn.Module):
@@ -80,19 +82,6 @@ class FeatureEncoder(nn.Module):
         return F.embedding_bag(treatments, self.table(), offsets, mode="sum", per_sample_weights=doses)
 
 
-#: Treatment encoders by name: ``factory(features, **options) -> module`` (see the module doc).
-TREATMENT_ENCODERS: dict[str, Callable[..., nn.Module]] = {"features": FeatureEncoder}
-
-
-def register_treatment_encoder(name: str, factory: Callable[..., nn.Module]) -> None:
-    """Make ``factory(features, **options)`` available as ``treatment_encoder = name`` (e.g. from a plugin)."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"a treatment encoder needs a non-empty name, got {name!r}.")
-    if name in TREATMENT_ENCODERS and TREATMENT_ENCODERS[name] is not factory:
-        raise ConfigError(f"treatment encoder {name!r} is already registered.")
-    TREATMENT_ENCODERS[name] = factory
-
-
 def build_treatment_encoder(choice: str | Mapping[str, Any] | None, features: Tensor | np.ndarray | None,
                             owner: str) -> nn.Module | None:
     """The encoder ``choice`` names (a name or ``{"name": ..., **options}``) over ``features``.
@@ -108,14 +97,13 @@ def build_treatment_encoder(choice: str | Mapping[str, Any] | None, features: Te
     if isinstance(choice, Mapping):
         options = {k: v for k, v in choice.items() if k != "name"}
         choice = choice.get("name")
-    if choice not in TREATMENT_ENCODERS:
-        raise ConfigError(f"{owner}: treatment_encoder={choice!r} is not a treatment encoder."
-                          f"{did_you_mean(str(choice), TREATMENT_ENCODERS)} Encoders: {listing(TREATMENT_ENCODERS)}"
-                          " (or 'none' for a free embedding per treatment).")
-    try:
-        encoder = TREATMENT_ENCODERS[choice](features, **options)
-    except TypeError as err:  # an option the encoder does not take
-        raise ConfigError(f"{owner}: treatment encoder {choice!r}: {err}.") from None
-    if not isinstance(getattr(encoder, "width", None), int) or not callable(getattr(encoder, "table", None)):
-        raise ConfigError(f"{owner}: treatment encoder {choice!r} has no int width or no table() method.")
-    return encoder
+    try:  # the registry names an unknown encoder, or an option it does not take, with what it has
+        return get_registry().build("treatment_encoder", str(choice), features, **options)
+    except (ConfigError, UnknownComponentError) as err:
+        raise type(err)(f"{owner}: {err} (treatment_encoder = 'none' keeps a free embedding per treatment)") from None
+
+
+@hookimpl
+def fcrkit_register_components(registry) -> None:
+    """Register the ``features`` treatment encoder."""
+    registry.treatment_encoder("features", FeatureEncoder)

@@ -37,6 +37,7 @@ __all__ = ["ConformanceError", "check_component", "random_context", "random_labe
 
 #: Sizes of the random inputs the conformance check uses.
 N_CELLS, N_GENES, N_INPUT = 16, 12, 12
+N_FEATURES = 5  # of each treatment, for a treatment encoder
 LABEL_DIMS: dict[str, int] = {"x": 3, "t": 2}
 BLOCK_DIMS: dict[str, int] = {"x": 3, "t": 2, "tx": 2}
 
@@ -105,7 +106,8 @@ def check_component(
 
     Args:
         kind: ``"encoder"``, ``"prior"``, ``"decoder"``, ``"likelihood"``, ``"regularizer"``,
-            ``"posterior"`` or ``"combiner"``.
+            ``"posterior"``, ``"combiner"`` or ``"treatment_encoder"`` (built over random features
+            of the ``"t"`` label's treatments).
         component: a registered name, or the factory a plugin registers.
         options: the spec options to build it with.
         block_dims: the blocks of the model a regulariser joins; by default ``x, t, tx``.
@@ -138,6 +140,8 @@ def check_component(
         "regularizer": (ModelInfo(block_dims, label_dims, N_GENES, global_dims=dict(global_dims or {})),),
         "posterior": (4,),
         "combiner": (block_dims, label_dims),
+        "treatment_encoder": (torch.randn(label_dims.get("t", 2), N_FEATURES,
+                                          generator=torch.Generator().manual_seed(seed)),),
     }[kind]
     try:
         obj = registry.build(kind, name, *args, **dict(options or {}))
@@ -287,6 +291,23 @@ def _check_combiner(comb: Any, labels: dict, args: tuple, generator: torch.Gener
     return problems
 
 
+def _check_treatment_encoder(enc: Any, labels: dict, args: tuple, generator: torch.Generator) -> list[str]:
+    n_treatments = args[0].shape[0]
+    table = enc.table()
+    problems = _shape_problems("table()", table, (n_treatments, enc.width))
+    if "t" not in labels:
+        return problems
+    out = enc(labels)
+    problems += _shape_problems("enc(labels)", out, (N_CELLS, enc.width))
+    if problems:
+        return problems
+    # each cell's embedding is the dose-weighted sum of its treatments' rows of the table (0 for controls)
+    if not torch.allclose(out, labels["t"] @ table, atol=1e-5):
+        problems.append("enc(labels) is not each cell's dose-weighted sum of its treatments' rows of table()")
+    has_parameters = any(p.requires_grad for p in enc.parameters())  # none: a fixed map of the features
+    return problems + (_gradient_problems("enc(labels)", out.sum(), {}, enc) if has_parameters else [])
+
+
 def _check_regularizer(reg: Any, labels: dict, args: tuple, generator: torch.Generator) -> list[str]:
     info = args[0]
     problems = []
@@ -296,8 +317,8 @@ def _check_regularizer(reg: Any, labels: dict, args: tuple, generator: torch.Gen
         return problems
     pairs = N_CELLS // 2 if getattr(reg, "needs_control_pairing", False) else 0
     ctx = random_context(info, pairs=pairs, seed=int(torch.randint(2**31, (1,), generator=generator)))
-    # for regularisers that run the model's parts (its priors, say): the parts, and the module that holds them
-    ctx.parts = ctx.module = _module_for(info, args[1])
+    # for regularisers that run the model's parts (its priors, say)
+    ctx.parts = _module_for(info, args[1])
     loss = reg.loss(ctx)
     problems += _shape_problems("loss(ctx)", loss, ())
     if problems:
@@ -340,6 +361,7 @@ _CHECKS: dict[str, Callable[[Any, dict, tuple, torch.Generator], list[str]]] = {
     "regularizer": _check_regularizer,
     "posterior": _check_posterior,
     "combiner": _check_combiner,
+    "treatment_encoder": _check_treatment_encoder,
 }
 
 
