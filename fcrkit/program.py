@@ -307,6 +307,17 @@ class GenerativeModel(nn.Module):
         """:meth:`global_point` of every global block, by name."""
         return {name: self.global_point(name) for name in self.globals}
 
+    @torch.no_grad()
+    def global_sample(self) -> dict[str, Tensor]:
+        """One joint draw of every global block from its posterior (a fixed block: its value), by name;
+        from torch's global random stream."""
+        draws = {}
+        for name, params in self.globals.items():
+            family = self.posteriors[name]
+            draws[name] = (params.fixed_value if params.is_fixed
+                           else family.distribution(params.loc, params.scale).sample())
+        return draws
+
     def global_moments(self, name: str) -> dict[str, Tensor]:
         """What global block ``name``'s posterior family exposes of it (``loc``, ``scale``), ``(V, dim)`` each;
         a fixed block: its value as ``loc``."""

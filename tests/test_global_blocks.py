@@ -232,3 +232,12 @@ def test_a_regularizer_can_start_late():
     assert "start_epoch" not in RegularizerSpec("kl").to_dict()  # the default is left out
     with pytest.raises(ConfigError, match="start_epoch must be >= 0"):
         RegularizerSpec("kl", start_epoch=-1)
+
+
+def test_global_draws_are_refused_by_a_model_without_global_blocks(world):
+    spec = {"name": "no_globals", "blocks": [{"name": "z", "dim": 2, "encoder": "mlp",
+                                              "prior": {"name": "conditional_gaussian", "conditions": ["t"]}}],
+            "decoder": "mlp", "likelihood": "nb"}
+    model = fcrkit.compose(spec, world, seed=0)
+    with pytest.raises(ConfigError, match=r"global_draws=2 draws the global blocks, but model 'no_globals' has none"):
+        model.predict(world[:5], treatment="drug_0", global_draws=2)

@@ -205,8 +205,8 @@ def test_save_load_keeps_the_embeddings_masks_and_predictions(doubles_world, sam
     assert loaded.learned_targets().equals(samsvae.learned_targets())
     np.testing.assert_array_equal(loaded.predict(controls, treatment=held[0]).X,
                                   samsvae.predict(controls, treatment=held[0]).X)
-    averaged = samsvae.predict(controls, treatment=held[0], n_draws=5, seed=1).X
-    np.testing.assert_array_equal(averaged, samsvae.predict(controls, treatment=held[0], n_draws=5, seed=1).X)
+    averaged = samsvae.predict(controls, treatment=held[0], global_draws=5, seed=1).X
+    np.testing.assert_array_equal(averaged, samsvae.predict(controls, treatment=held[0], global_draws=5, seed=1).X)
 
 
 def test_the_correlated_encoder_sees_the_guides_draws_of_the_embeddings_and_masks(doubles_world):

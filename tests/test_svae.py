@@ -221,3 +221,24 @@ def test_save_load_keeps_masks_and_latents(world, svae, tmp_path):
     assert loaded.learned_targets().equals(svae.learned_targets())
     z, z_loaded = (m.get_latent_representation() for m in (model, loaded))
     np.testing.assert_array_equal(z, z_loaded)
+
+
+# -- predictions over the masks' posterior ----------------------------------------------------------------
+def test_predictions_average_over_mask_draws_that_reach_the_prior(world, svae):
+    """``global_draws`` hands each posterior draw of the masks to the sparse-shift prior (the only part that
+    reads them): undecided masks (σ(logit) = 0.5) give predictions that change with the draws' seed; a
+    fixed mask is its own draw, so the averaged prediction is the point prediction exactly."""
+    model = copy.deepcopy(svae)
+    controls = world[(world.obs["treatment"] == "control").to_numpy()][:40].copy()
+    target = {"treatment": "drug_0", "counterfactual": "shift"}
+    with torch.no_grad():
+        model.module.globals["mask"].loc.zero_()  # every entry on with probability 0.5
+    one, other = (model.predict(controls, global_draws=1, seed=s, **target).X for s in (0, 1))
+    assert np.abs(one - other).max() > 1e-3
+    np.testing.assert_array_equal(one, model.predict(controls, global_draws=1, seed=0, **target).X)
+    model.module.fix_global("mask", torch.ones(N_TREATMENTS, N_LATENT))
+    drawn = model.predict(controls, global_draws=3, seed=0, **target)
+    np.testing.assert_allclose(drawn.X, model.predict(controls, **target).X, rtol=1e-6)
+    assert drawn.uns["fcrkit_prediction"]["global_draws"] == 3
+    with pytest.raises(ConfigError, match=r"global_draws=0 must be a positive integer"):
+        model.predict(controls, global_draws=0, **target)

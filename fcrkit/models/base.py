@@ -32,7 +32,7 @@ from fcrkit.data.anndata import (
     split_treatment,
 )
 from fcrkit.data.backed import cell_data
-from fcrkit.data.labels import IndexedLabels, take_rows
+from fcrkit.data.labels import IndexedLabels, take_rows, with_values
 from fcrkit.data.loaders import Batch, CellData
 from fcrkit.data.pairing import ControlPairing
 from fcrkit.errors import (
@@ -46,6 +46,7 @@ from fcrkit.errors import (
 from fcrkit.models import persistence
 from fcrkit.models.persistence import META_FILE, WEIGHTS_FILE
 from fcrkit.program import GenerativeModel
+from fcrkit.protocols import Labels
 from fcrkit.spec import DEFAULT_POSTERIOR, ComponentSpec, ModelSpec, line_of
 from fcrkit.train import distributed
 from fcrkit.train.trainer import History, Trainer, TrainingPlan, resolve_device
@@ -370,6 +371,7 @@ class Model:
         *,
         counterfactual: str = "prior",
         from_prior: str = "sample",
+        global_draws: int | None = None,
         batch_size: int = 1024,
         seed: int | None = None,
         sample: bool = False,
@@ -394,6 +396,11 @@ class Model:
         Which is better depends on the data; on Kang's held-out CD14 monocytes both are measured in
         docs/recipes/fcr.md.
 
+        Global blocks (a treatment's mask or embedding) take their posterior points (the most probable
+        mask, the mean embedding); ``global_draws=k`` instead averages the expected expression over
+        ``k`` joint draws of them from their posterior (the posterior predictive), each given to the
+        priors and the decoder alike, seeded by ``seed``.
+
         Returns:
             An AnnData with the same cells and genes whose ``X`` is the predicted mean on the scale of
             the data the model was set up with (expected counts, with each input cell's library size,
@@ -406,6 +413,13 @@ class Model:
                               "their priors) or 'shift' (shift the cell's posterior by the prior means' difference).")
         if from_prior not in ("sample", "mean"):
             raise ConfigError(f"from_prior={from_prior!r} is not 'sample' or 'mean'.")
+        if global_draws is not None:
+            if isinstance(global_draws, bool) or not isinstance(global_draws, int) or global_draws < 1:
+                raise ConfigError(f"predict(): global_draws={global_draws!r} must be a positive integer, or None "
+                                  "for the global blocks' posterior points.")
+            if not self.module.globals:
+                raise ConfigError(f"predict(): global_draws={global_draws} draws the global blocks, but model "
+                                  f"{self.spec.name!r} has none; leave global_draws at None.")
         if self.setup.treatment_key is None:
             raise ConfigError("this model was set up without a treatment_key; it cannot predict a treatment.")
         swapped = [b.name for b in self.spec.blocks if "t" in b.prior.conditions and not b.is_global]
@@ -416,25 +430,40 @@ class Model:
         device = next(self.module.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed if seed is not None else 0)
 
-        def decode(batch: Batch, labels: dict[str, torch.Tensor]) -> torch.Tensor:
-            z = self.module.latent(batch)
+        def to_target(batch: Batch, z: dict[str, torch.Tensor], labels: Labels, own: Labels) -> dict[str, Any]:
+            """The cells' blocks with the treatment's blocks moved to ``labels`` (from ``own``)."""
+            z = dict(z)
             for name in swapped:
                 prior = self.module.prior_distribution(name, labels, len(batch.index))
                 if counterfactual == "shift":
-                    own = self.module.prior_distribution(name, batch.labels, len(batch.index))
-                    z[name] = z[name] + prior.mean - own.mean
+                    mine = self.module.prior_distribution(name, own, len(batch.index))
+                    z[name] = z[name] + prior.mean - mine.mean
                 elif from_prior == "mean":
                     z[name] = prior.mean
                 else:
                     z[name] = torch.normal(prior.mean, prior.stddev, generator=generator)
-            return self.module.decode_mean(z, labels, batch.library, sample=sample)
+            return z
+
+        def decode(batch: Batch, labels: Labels) -> torch.Tensor:
+            z = self.module.latent(batch)
+            if draws is None:
+                return self.module.decode_mean(to_target(batch, z, labels, batch.labels), labels, batch.library,
+                                               sample=sample)
+            total = 0.0
+            for draw in draws:  # the draw of the global blocks reaches the priors (labels) and the combiner (z)
+                target, own = with_values(labels, draw), with_values(batch.labels, draw)
+                total = total + self.module.decode_mean({**to_target(batch, z, target, own), **draw}, target,
+                                                        batch.library, sample=sample)
+            return total / len(draws)
 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed if seed is not None else 0)  # the likelihood's draws (sample=True)
+            torch.manual_seed(seed if seed is not None else 0)  # the global blocks' and the likelihood's draws
+            draws = None if global_draws is None else [self.module.global_sample() for _ in range(global_draws)]
             values = self._decode_cells(adata, decode, self._target_labels(adata, treatment, dose), batch_size)
-        moved: dict[str, Any] = {"counterfactual": counterfactual, "sampled": sample}
+        moved: dict[str, Any] = {"counterfactual": counterfactual, "sampled": sample,
+                                        "global_draws": global_draws or 0}
         moved.update({"shifted_blocks": swapped} if counterfactual == "shift"
-                     else {"redrawn_blocks": swapped, "from_prior": from_prior})
+                            else {"redrawn_blocks": swapped, "from_prior": from_prior})
         return self._prediction(adata, values, treatment, dose, moved)
 
     # -- the pieces of a prediction (recipes with their own predict, as ScGen, use them too) ----------------

@@ -31,7 +31,6 @@ import torch
 from anndata import AnnData
 
 from fcrkit.data.anndata import split_treatment
-from fcrkit.data.loaders import Batch
 from fcrkit.errors import ConfigError, DataError, check_choice, listing
 from fcrkit.models.base import Recipe
 from fcrkit.spec import BlockSpec, ComponentSpec, ModelSpec, RegularizerSpec, check_latent_size, check_weight
@@ -141,60 +140,25 @@ class SAMSVAE(Recipe):
         labels = pd.unique(self.adata.obs[key].astype(str))
         return sorted({p for label in labels for p in split_treatment(label, key)} - {control})
 
-    def predict(self, adata: AnnData, treatment: str, dose: float | str = 1.0, *, n_draws: int | None = None,
+    def predict(self, adata: AnnData, treatment: str, dose: float | str = 1.0, *, global_draws: int | None = None,
                 batch_size: int = 1024, seed: int | None = None, sample: bool = False) -> AnnData:
         """Expression of the cells of ``adata`` (typically controls) under ``treatment``, e.g. ``"A+B"``.
 
         Each cell's basal latent (its posterior mean, encoded with its own treatment) is shifted by the
-        target's ``Σ_p d_p (m_p ⊙ e_p)`` and decoded. A combination never seen in training is predicted
-        from its parts, each of which must have training cells, alone or in another combination.
-
-        Args:
-            adata: the cells (same genes as the training data).
-            treatment: a perturbation of the setup or a combination ``"A+B"`` of them.
-            dose: its dose (one per part, ``"1+0.5"``, for a combination).
-            n_draws: None: the embeddings' posterior means and the most probable masks; a number: the
-                expected expression averaged over that many joint posterior draws of the embeddings
-                and masks (the posterior predictive, SAMS-VAE's), seeded by ``seed``.
-            batch_size: cells per forward pass.
-            seed: seed of the draws (``n_draws`` and ``sample``; None: 0).
-            sample: a draw from the likelihood per cell instead of the expected expression.
-
-        Returns:
-            An AnnData of the same cells and genes, ``X`` on the data's scale (expected counts with
-            each cell's library size for count likelihoods); ``obs`` and ``uns`` say the target.
+        target's ``Σ_p d_p (m_p ⊙ e_p)`` and decoded: :meth:`fcrkit.models.Model.predict`, whose
+        ``global_draws=k`` averages over ``k`` joint posterior draws of the embeddings and masks (the
+        posterior predictive, SAMS-VAE's; None: the embeddings' posterior means and the most probable
+        masks). A combination never seen in training is predicted from its parts, each of which must
+        have training cells, alone or in another combination.
 
         Raises:
             DataError: a part of ``treatment`` has no training cell (its embedding and mask would be
                 their priors', never learned), or is not a treatment of the setup.
         """
-        if n_draws is not None and (isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1):
-            raise ConfigError(f"predict(): n_draws={n_draws!r} must be a positive integer, or None for the "
-                              "posterior means.")
         self._check_target(treatment, dose)
         self._check_seen(treatment)
-        module = self.module
-        device = next(module.parameters()).device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(0 if seed is None else seed)
-            draws = ([module.global_points()] if n_draws is None else
-                     [{name: self._global_draw(name) for name in module.globals} for _ in range(n_draws)])
-
-            def decode(batch: Batch, labels: dict[str, torch.Tensor]) -> torch.Tensor:
-                z = module.latent(batch)  # the basal latent, encoded with the cell's own treatment
-                total = sum(module.decode_mean({**z, **g}, labels, batch.library, sample=sample) for g in draws)
-                return total / len(draws)
-
-            values = self._decode_cells(adata, decode, self._target_labels(adata, treatment, dose), batch_size)
-        return self._prediction(adata, values, treatment, dose, {"global_draws": n_draws or 0, "sampled": sample})
-
-    @torch.no_grad()
-    def _global_draw(self, name: str) -> torch.Tensor:
-        """One draw of global block ``name`` from its posterior (its value, if fixed)."""
-        params = self.module.globals[name]
-        if params.is_fixed:
-            return params.fixed_value
-        return self.module.posteriors[name].distribution(params.loc, params.scale).sample()
+        return super().predict(adata, treatment, dose, global_draws=global_draws, batch_size=batch_size, seed=seed,
+                               sample=sample)
 
     def _check_seen(self, treatment: str) -> None:
         """Refuse a target with a part that has no training cell (alone or in a combination)."""
