@@ -4,8 +4,10 @@ sparse mechanism shift modeling") from fcrkit's parts.
 One per-cell latent block ``z`` with the ``sparse_shift`` prior ``N(γ_a ⊙ μ_a, I)``, and the masks
 ``γ`` as a *global* block ``mask`` (``plate = "t"``: one mask per treatment, as in the paper, not one
 per cell) with a ``relaxed_bernoulli`` posterior (straight-through 0/1 draws, logits started at
-``init_log_alpha``); the encoder ``q(z | y)`` and the decoder do not see the treatment (it reaches
-the model through the prior only); NB (or any count) likelihood with the observed library size.
+``init_log_alpha``; with ``mask_draws = "per_entry"`` the cells' prior sees, while training, an
+independent draw of each mask per (cell, treatment) entry, a lower-variance estimate of the same
+objective); the encoder ``q(z | y)`` and the decoder do not see the treatment (it reaches the model
+through the prior only); NB (or any count) likelihood with the observed library size.
 sVAE adds the ``mask_sparsity`` term on the masks' probabilities; sVAE+ gives the masks a
 Beta-Bernoulli prior whose Beta(1, K) hyperprior is a real site (a global block ``mask_probs``).
 
@@ -55,6 +57,7 @@ def svae_spec(
     init_log_alpha: float = 5.0,
     temperature: float = 1.0,
     sparsity_start_epoch: float | None = None,
+    mask_draws: str = "site",
 ) -> ModelSpec:
     """The sVAE spec; see :class:`SVAE` for the arguments."""
     check_latent_size(n_latent, "n_latent")
@@ -73,7 +76,7 @@ def svae_spec(
         mask_prior = ComponentSpec("bernoulli", (MASK_PROBS,), {"temperature": temperature})
     else:  # sVAE: an uninformative prior on the masks; the sparsity is the mask_sparsity term
         mask_prior = ComponentSpec("bernoulli", (), {"probs": 0.5, "temperature": temperature})
-    blocks.append(BlockSpec(MASK, n_latent, plate="t", prior=mask_prior, posterior=mask_posterior))
+    blocks.append(BlockSpec(MASK, n_latent, plate="t", prior=mask_prior, posterior=mask_posterior, draws=mask_draws))
     prior = ComponentSpec("sparse_shift", ("t", MASK), {"mask": MASK, "learn_control": learn_control})
     blocks.append(BlockSpec("z", n_latent, prior=prior, encoder=encoder))
     terms = [RegularizerSpec("kl", 1.0, kl_warmup_epochs)]  # the per-cell block's KL
@@ -134,6 +137,11 @@ class SVAE(Recipe):
             moves the mask logits at the speed of its learning rate whatever the term's weight, so a
             term that is on from the start prunes the masks while every shift ``μ`` is still 0, and a
             mask at 0 passes no gradient to its ``μ``: it never comes back (see ``docs/recipes/svae.md``).
+        mask_draws: how the cells' prior sees the masks while training: ``"per_entry"`` an
+            independent draw of ``q(γ_a)`` for each (cell, treatment) entry of the minibatch (local
+            reparameterisation: the same objective as the one global draw, with a lower-variance
+            gradient for the logits), ``"site"`` (default) the mask block's one draw per step. The masks stay one
+            global latent per treatment either way (see ``BlockSpec.draws``).
 
     The latent goes to ``obsm["X_svae"]``; :meth:`mask_probabilities` and :meth:`learned_targets` give
     the masks per treatment, :meth:`transfer` fits treatments unseen in training, and
