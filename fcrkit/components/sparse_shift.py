@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from fcrkit.data.labels import entry_rows, treatment_entries
+from fcrkit.data.labels import EntryDraws, entry_rows, treatment_entries
 from fcrkit.errors import ConfigError, did_you_mean, listing
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import Context, LabelDims, Labels, ModelInfo
@@ -80,9 +80,12 @@ class SparseShift(nn.Module):
     def distribution(self, labels: Labels, n: int) -> dist.Distribution:
         """``N(Σ_a d_a · γ_a ⊙ μ_a, I)`` for the ``n`` cells of ``labels``."""
         cells, rows, doses = treatment_entries(labels)
-        shifts = self.mean[rows]  # (entries, dim); rows < n_treatments: the control row has no entries
-        if self.mask is not None:  # the masks' rows, or each entry's own draw (draws = "per_entry")
-            shifts = entry_rows(labels[self.mask], rows) * shifts
+        table = self.mean[: self.n_treatments]
+        mask = labels[self.mask] if self.mask is not None else None
+        if isinstance(mask, EntryDraws):  # each entry's own draw of its treatment's mask (draws = "per_entry")
+            shifts = entry_rows(mask, rows) * table[rows]
+        else:  # one (treatments, dim) mask, or none
+            shifts = (table if mask is None else mask * table)[rows]
         loc = self.mean.new_zeros(n, self.dim).index_add(0, cells, doses.unsqueeze(-1) * shifts)
         if self.learn_control:
             treated = torch.zeros(n, dtype=torch.bool, device=loc.device).index_fill(0, cells, True)
