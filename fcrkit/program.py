@@ -26,6 +26,21 @@ the minibatch's subsampling: they count once per step, as in the whole-data ELBO
 A component that lists a global block's name among its conditions finds its ``(V, dim)`` value in
 ``labels[name]``; the combiner finds every block, global ones included, in its ``z``.
 
+**Per-entry draws** (``draws = "per_entry"``, a block over ``"t"``). While training, the cells' terms
+of such a block see, instead of its one ``(V, dim)`` site value, an independent reparameterised draw
+of ``q(g_t)`` for each (cell, treatment) entry of the minibatch
+(:class:`~fcrkit.data.labels.EntryDraws`, ``(entries, dim)``: memory ``O(entries × dim)``); the
+site itself, with its prior and posterior terms, is unchanged. This is the local reparameterisation
+trick (Kingma, Salimans & Welling 2015) applied to a global latent, and it estimates the same ELBO:
+the cells' part is ``E_q(g)[Σ_i f_i(g)] = Σ_i E_q(g)[f_i(g)]``, each cell's term ``f_i`` depends on
+``g`` only through the rows of its own treatments, and the guide's rows are independent of one
+another (each global family draws a row from that row's own ``(loc, scale)``), so a fresh draw of
+those rows per cell has the same distribution as the rows of the shared draw: each term, hence the
+sum, keeps its expectation. Only the correlation between cells' terms goes (one shared draw moves
+every cell of a treatment together), which is what lowers the variance of the minibatch's gradient.
+Outside training (``module.eval()``: validation, ``likelihood_bounds``, which conditions the site on
+its posterior point) and for a fixed block, the cells see the site's (or fixed) value.
+
 Components are looked up in the registry by name; each sees only the labels its spec lists.
 """
 
@@ -43,7 +58,7 @@ from pyro.poutine import Trace
 from torch import Tensor, nn
 
 from fcrkit.components.nn import frozen_norm_statistics, lognormalize
-from fcrkit.data.labels import select_labels, with_values
+from fcrkit.data.labels import EntryDraws, select_labels, treatment_entries, with_values
 from fcrkit.data.loaders import Batch
 from fcrkit.errors import ConfigError, listing
 from fcrkit.protocols import TREATMENT_FEATURES, BlockMoments, Context, InputKind, Labels, ModelInfo
@@ -115,6 +130,7 @@ class GenerativeModel(nn.Module):
         self.posteriors = nn.ModuleDict()
         self.globals = nn.ModuleDict()
         self.global_plates: dict[str, str] = {}
+        self.entry_blocks = tuple(b.name for b in spec.blocks if b.draws == "per_entry")
         n_latent = sum(spec.cell_block_dims.values())
         for block in spec.blocks:
             if block.is_global and block.plate not in self.label_dims:
@@ -183,6 +199,13 @@ class GenerativeModel(nn.Module):
                 and registry.takes_option(kind, comp.name, TREATMENT_FEATURES)):
             options[TREATMENT_FEATURES] = self.treatment_features
         built = registry.build(kind, comp.name, *args, dims, **options)
+        per_entry = [c for c in comp.conditions if c in self.entry_blocks]
+        if per_entry and key.split(".")[0] not in self.spec.global_block_dims and \
+                not getattr(built, "reads_entry_draws", False):
+            # the cells' components get the block's per-entry draws, which only entry_rows() reads
+            raise ConfigError(f"{kind} {comp.name!r} ({key}) reads global block(s) {listing(per_entry)}, drawn per "
+                              f"treatment entry (draws = 'per_entry'), but does not read per-entry draws: give "
+                              f"the block(s) draws = 'site'.")
         self.uses_treatment_features |= getattr(built, "treatment_encoder", None) is not None
         return built
 
@@ -211,12 +234,29 @@ class GenerativeModel(nn.Module):
             value = self._global_site(name, plates, lambda name=name, labels=labels: self._sample_prior(
                 name, self.priors[name], labels, self.globals[name].loc.shape[0]))
             labels = with_values(labels, {name: value})
+        entry_draws = self._entry_draws(labels)
+        if entry_draws:
+            labels = with_values(labels, entry_draws)
         with pyro.plate("cells", n_obs, subsample=batch.index):
             z = {name: self._sample_prior(name, self.priors[name], labels, n) for name in self.spec.cell_block_dims}
             z.update({name: labels[name] for name in self.globals})
             params = self.decoder(self.combiner(z, self.labels_for("combiner", labels)),
                                   self.labels_for("decoder", labels))
             pyro.sample("y", self.likelihood.distribution(params, batch.library), obs=batch.y)
+
+    def _entry_draws(self, labels: Labels) -> dict[str, EntryDraws]:
+        """While training, a draw of ``q`` per treatment entry of the minibatch for each global block with
+        ``draws = "per_entry"`` that is a site (see the module docstring for why the ELBO is unchanged)."""
+        names = [name for name in self.entry_blocks if not self.globals[name].is_fixed] if self.training else []
+        if not names:
+            return {}
+        _, rows, _ = treatment_entries(labels)
+        draws = {}
+        for name in names:
+            params = self.globals[name]
+            values = self.posteriors[name].distribution(params.loc[rows], params.scale[rows]).rsample()
+            draws[name] = EntryDraws(rows, values)
+        return draws
 
     def _global_site(self, name: str, plates: dict[str, pyro.plate], sample: Callable[[], Tensor]) -> Tensor:
         """Global block ``name``'s value: ``sample()`` in its plate, or its fixed value (no site).

@@ -59,6 +59,9 @@ RESERVED_BLOCK_NAMES = frozenset({"y", "cells"})
 PLATES: tuple[str, ...] = ("cells", "t", "x")
 ENCODER_INPUTS = ("auto", "log1p", "lognorm", "identity")
 CONTROL_PAIRINGS = ("none", "covariates", "any")
+#: How a global block's value reaches the cells' terms while training: its one draw per step, or a draw per
+#: treatment entry of the minibatch (local reparameterisation; see :class:`BlockSpec`).
+DRAWS: tuple[str, ...] = ("site", "per_entry")
 #: The posterior family of a block that names none (a diagonal Normal).
 DEFAULT_POSTERIOR = "normal"
 #: How the blocks reach the decoder when a spec names no combiner (concatenated in spec order).
@@ -172,6 +175,13 @@ class BlockSpec:
     not rescaled by the minibatch subsampling), inferred by variational parameters of its own
     (one ``(loc, scale)`` row per entry, fed to the posterior family): it has no encoder (``encoder``
     stays None). A component reads a global block by listing its name among its ``conditions``.
+
+    ``draws`` (a global block over ``"t"`` only) says which value of it the cells' terms (priors,
+    decoder, likelihood) see while training: ``"site"`` (default) the block's one draw per step,
+    ``"per_entry"`` an independent draw of the posterior for each (cell, treatment) entry of the
+    minibatch (local reparameterisation, Kingma, Salimans & Welling 2015: the same objective, a
+    lower-variance gradient; see :mod:`fcrkit.program`). Components that read such a block take
+    its rows with :func:`fcrkit.data.labels.entry_rows`.
     """
 
     name: str
@@ -180,6 +190,7 @@ class BlockSpec:
     encoder: ComponentSpec | None = None  # None: "mlp" for a per-cell block, nothing for a global one
     posterior: ComponentSpec = field(default_factory=lambda: ComponentSpec(DEFAULT_POSTERIOR))
     plate: str = "cells"
+    draws: str = "site"
 
     def __post_init__(self) -> None:
         where = f"block {self.name!r}"
@@ -191,6 +202,11 @@ class BlockSpec:
         if self.plate not in PLATES:
             raise ConfigError(f"{where}: plate={self.plate!r} is not one of {listing(PLATES)} ('cells': one value per "
                               "cell; 't' / 'x': one row per treatment / covariate level).")
+        if self.draws not in DRAWS:
+            raise ConfigError(f"{where}: draws={self.draws!r} is not one of {listing(DRAWS)}.")
+        if self.draws != "site" and self.plate != "t":
+            raise ConfigError(f"{where}: draws={self.draws!r} draws the block once per treatment entry of a "
+                              f"minibatch, so it needs plate = 't' (got plate={self.plate!r}); use draws = 'site'.")
         object.__setattr__(self, "prior", ComponentSpec.parse(self.prior, f"{where} prior"))
         if self.is_global and self.encoder is not None:
             raise ConfigError(f"{where}: a global block (plate={self.plate!r}) has its own variational parameters, "
@@ -207,10 +223,11 @@ class BlockSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BlockSpec:
-        """A block from its dict form (``name``, ``dim``, ``prior``, ``encoder``, ``posterior``), validated."""
+        """A block from its dict form (``name``, ``dim``, ``prior``, ``encoder``, ``posterior``, ``plate``,
+        ``draws``), validated."""
         where = f"block {data.get('name', '?')!r}" if isinstance(data, Mapping) else "block"
-        _check_keys(data, ("name", "dim", "prior", "encoder", "posterior", "plate"), where)
-        fields = {k: data[k] for k in ("prior", "encoder", "posterior", "plate") if k in data}
+        _check_keys(data, ("name", "dim", "prior", "encoder", "posterior", "plate", "draws"), where)
+        fields = {k: data[k] for k in ("prior", "encoder", "posterior", "plate", "draws") if k in data}
         return cls(_require(data, "name", where), _require(data, "dim", where), **fields)
 
     @property
@@ -219,8 +236,8 @@ class BlockSpec:
         return self.plate != "cells"
 
     def to_dict(self) -> dict[str, Any]:
-        """The block as a plain dict (the inverse of :meth:`from_dict`); the default posterior and plate are left
-        out, and a global block has no encoder."""
+        """The block as a plain dict (the inverse of :meth:`from_dict`); the default posterior, plate and draws are
+        left out, and a global block has no encoder."""
         out = {"name": self.name, "dim": self.dim, "prior": self.prior.to_dict()}
         if self.encoder is not None:
             out["encoder"] = self.encoder.to_dict()
@@ -228,6 +245,8 @@ class BlockSpec:
             out["posterior"] = self.posterior.to_dict()
         if self.is_global:
             out["plate"] = self.plate
+        if self.draws != "site":
+            out["draws"] = self.draws
         return out
 
 

@@ -12,9 +12,9 @@ from scipy.spatial.distance import pdist
 from torch import nn
 
 import fcrkit
-from fcrkit.data.labels import treatment_entries
+from fcrkit.data.labels import EntryDraws, entry_rows, treatment_entries
 from fcrkit.data.loaders import CellData
-from fcrkit.errors import ConfigError
+from fcrkit.errors import ConfigError, DataError
 from fcrkit.hookspecs import hookimpl
 from fcrkit.spec import BlockSpec, ModelSpec
 
@@ -103,6 +103,29 @@ def test_bad_plates_and_conditions_are_refused_by_name(world, fcrkit_plugin):
     spec["blocks"][0]["plate"] = "x"  # the world has no covariates
     with pytest.raises(ConfigError, match="block 'shift' is global over label 'x'.*pass covariate_keys"):
         fcrkit.compose(spec, world)
+
+
+def test_per_entry_draws_are_declared_checked_and_read_only_by_parts_that_can(world, fcrkit_plugin):
+    spec = ModelSpec.from_dict(shift_spec(draws="per_entry"))
+    assert spec.blocks[0].draws == "per_entry" and spec.to_dict()["blocks"][0]["draws"] == "per_entry"
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert "draws" not in ModelSpec.from_dict(shift_spec()).to_dict()["blocks"][0]  # the default is left out
+    with pytest.raises(ConfigError, match="block 'shift': draws='every' is not one of 'per_entry', 'site'"):
+        ModelSpec.from_dict(shift_spec(draws="every"))
+    with pytest.raises(ConfigError, match="block 'shift': draws='per_entry' .* needs plate = 't' \\(got plate='x'\\)"):
+        ModelSpec.from_dict(shift_spec(plate="x", draws="per_entry"))
+    fcrkit_plugin(Plugin())
+    with pytest.raises(ConfigError, match="prior 'treatment_shift' \\(z.prior\\) reads global block\\(s\\) 'shift', "
+                                          "drawn per treatment entry .* give the block\\(s\\) draws = 'site'"):
+        fcrkit.compose(shift_spec(draws="per_entry"), world)  # the test prior indexes a (V, dim) value itself
+    # entry_rows reads both forms, and refuses draws made for other entries
+    table = torch.arange(12.0).reshape(4, 3)
+    rows = torch.tensor([2, 0, 2])
+    assert torch.equal(entry_rows(table, rows), table[rows])
+    draws = EntryDraws(rows, torch.ones(3, 3))
+    assert torch.equal(entry_rows(draws, rows.clone()), torch.ones(3, 3))
+    with pytest.raises(DataError, match="drawn for 3 treatment entries, which are not the 2 asked for"):
+        entry_rows(draws, rows[:2])
 
 
 # -- the Pyro program -------------------------------------------------------------------------------------

@@ -143,8 +143,8 @@ def test_unknown_top_level_key_in_toml_names_file_and_line(tmp_path):
 
 
 def test_unknown_block_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"block 'z': unknown key 'prior_x'\. Did you mean 'prior'\? "
-                                          r"Allowed keys: 'dim', 'encoder', 'name', 'plate', 'posterior', 'prior'\."):
+    with pytest.raises(ConfigError, match=r"block 'z': unknown key 'prior_x'\. Did you mean 'prior'\? Allowed keys: "
+                                          r"'dim', 'draws', 'encoder', 'name', 'plate', 'posterior', 'prior'\."):
         ModelSpec.from_dict(minimal(prior_x="standard_normal"))
     path = write(tmp_path, 'name = "m"\n\n[[blocks]]\nname = "z"\ndim = 3\nprior_x = "standard_normal"\n')
     with pytest.raises(ConfigError) as err:

@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from fcrkit.data.labels import treatment_entries
+from fcrkit.data.labels import EntryDraws, entry_rows, treatment_entries
 from fcrkit.errors import ConfigError, did_you_mean, listing
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import Context, LabelDims, Labels, ModelInfo
@@ -48,6 +48,9 @@ class SparseShift(nn.Module):
         mask: the name of the global block holding the masks (None: no masks).
         learn_control: give controls a learned shift (see above).
     """
+
+    #: The mask's rows are read with entry_rows(), so the mask block may be drawn per treatment entry.
+    reads_entry_draws = True
 
     def __init__(self, dim: int, label_dims: LabelDims, *, mask: str | None = None, learn_control: bool = True):
         super().__init__()
@@ -78,9 +81,12 @@ class SparseShift(nn.Module):
         """``N(Σ_a d_a · γ_a ⊙ μ_a, I)`` for the ``n`` cells of ``labels``."""
         cells, rows, doses = treatment_entries(labels)
         table = self.mean[: self.n_treatments]
-        if self.mask is not None:
-            table = labels[self.mask] * table
-        loc = self.mean.new_zeros(n, self.dim).index_add(0, cells, doses.unsqueeze(-1) * table[rows])
+        mask = labels[self.mask] if self.mask is not None else None
+        if isinstance(mask, EntryDraws):  # each entry's own draw of its treatment's mask (draws = "per_entry")
+            shifts = entry_rows(mask, rows) * table[rows]
+        else:  # one (treatments, dim) mask, or none
+            shifts = (table if mask is None else mask * table)[rows]
+        loc = self.mean.new_zeros(n, self.dim).index_add(0, cells, doses.unsqueeze(-1) * shifts)
         if self.learn_control:
             treated = torch.zeros(n, dtype=torch.bool, device=loc.device).index_fill(0, cells, True)
             loc = loc + (~treated).unsqueeze(-1).to(loc.dtype) * self.mean[-1]

@@ -293,3 +293,33 @@ def treatment_entries(labels: Labels) -> tuple[Tensor, Tensor, Tensor]:
     t = labels["t"]
     cells, treatments = t.nonzero(as_tuple=True)  # row-major: each cell's entries are contiguous
     return cells, treatments, t[cells, treatments]
+
+
+@dataclass(frozen=True)
+class EntryDraws:
+    """A global block's value drawn once per treatment entry of a minibatch, not once per step.
+
+    What the model hands the components that read a global block with ``draws = "per_entry"``
+    (:class:`~fcrkit.spec.BlockSpec`) while training: ``values[e]`` is an independent draw of row
+    ``rows[e]`` of the block, for the ``e``-th entry of :func:`treatment_entries` of the minibatch.
+    Read it with :func:`entry_rows`, which also reads a plain ``(vocabulary, dim)`` value.
+
+    Attributes:
+        rows: ``(entries,)`` vocabulary positions, those of :func:`treatment_entries`, in its order.
+        values: ``(entries, dim)`` the entries' draws.
+    """
+
+    rows: Tensor
+    values: Tensor
+
+
+def entry_rows(value: Tensor | EntryDraws, rows: Tensor) -> Tensor:
+    """A global block's rows for a minibatch's treatment entries ``rows`` (from :func:`treatment_entries`):
+    ``value[rows]`` of a ``(vocabulary, dim)`` value, or the entries' own draws of an :class:`EntryDraws`."""
+    if not isinstance(value, EntryDraws):
+        return value[rows]
+    if value.rows.shape != rows.shape or not torch.equal(value.rows, rows):
+        raise DataError(f"entry_rows(): the global block was drawn for {value.rows.numel()} treatment entries, which "
+                        f"are not the {rows.numel()} asked for; pass the rows of treatment_entries(labels) of the "
+                        "same minibatch.")
+    return value.values
