@@ -11,7 +11,11 @@ Labels
     A component only sees the conditions its spec entry lists; ``label_dims`` gives their widths.
     A condition may also name a *global* block (``plate = "t"`` or ``"x"``): its value is then a
     ``(vocabulary, dim)`` tensor, one row per treatment or covariate level (not one per cell), and
-    ``label_dims`` gives its ``dim``.
+    ``label_dims`` gives its ``dim``. A global block drawn per treatment entry (``draws =
+    "per_entry"``) reaches the cells' components, while training, as a
+    :class:`fcrkit.data.labels.EntryDraws` (one row per treatment entry of the minibatch) instead: a
+    component that can read it says so with the class attribute ``reads_entry_draws = True`` and
+    takes the rows with :func:`fcrkit.data.labels.entry_rows`; fcrkit refuses the others by name.
 
 ============  ========================================================  =============================
 kind          factory call                                              object
