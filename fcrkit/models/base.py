@@ -503,6 +503,12 @@ class Model:
                                            **info}
         return result
 
+    def _trained_treatments(self) -> set[str]:
+        """The treatments (and the control) that training cells carry, alone or in a combination."""
+        key = self.setup.treatment_key
+        labels = pd.unique(self.adata.obs[key].astype(str))
+        return {self.setup.control_value}.union(*(split_treatment(label, key) for label in labels))
+
     def _check_target(self, treatment: Any, dose: Any) -> None:
         """Refuse a predict() target the model cannot encode: an unknown treatment or a dose that is not one.
 
@@ -523,9 +529,7 @@ class Model:
             )
         if setup.treatment_features is not None and not self.module.uses_treatment_features:
             # feature rows join the vocabulary, but only a model that embeds features has learned them
-            seen = {setup.control_value}.union(*(
-                split_treatment(label, setup.treatment_key)
-                for label in pd.unique(self.adata.obs[setup.treatment_key].astype(str))))
+            seen = self._trained_treatments()
             unseen = [p for p in parts if p not in seen]
             if unseen:
                 raise DataError(f"predict(): treatment {listing(unseen)} has features but no training cells, and "

@@ -28,7 +28,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from anndata import AnnData
 
 from fcrkit.data.anndata import split_treatment
 from fcrkit.errors import ConfigError, DataError, check_choice, listing
@@ -136,32 +135,18 @@ class SAMSVAE(Recipe):
 
     def seen_perturbations(self) -> list[str]:
         """The perturbations with training cells, alone or in a combination (those :meth:`predict` knows)."""
-        key, control = self.setup.treatment_key, self.setup.control_value
-        labels = pd.unique(self.adata.obs[key].astype(str))
-        return sorted({p for label in labels for p in split_treatment(label, key)} - {control})
+        return sorted(self._trained_treatments() - {self.setup.control_value})
 
-    def predict(self, adata: AnnData, treatment: str, dose: float | str = 1.0, *, global_draws: int | None = None,
-                batch_size: int = 1024, seed: int | None = None, sample: bool = False) -> AnnData:
-        """Expression of the cells of ``adata`` (typically controls) under ``treatment``, e.g. ``"A+B"``.
+    def _check_target(self, treatment: str, dose: float | str) -> None:
+        """The generic checks of a predict() target, then: every part of it has training cells (alone or in
+        a combination), since an untrained part's embedding and mask are their priors', never learned.
 
-        Each cell's basal latent (its posterior mean, encoded with its own treatment) is shifted by the
-        target's ``Σ_p d_p (m_p ⊙ e_p)`` and decoded: :meth:`fcrkit.models.Model.predict`, whose
-        ``global_draws=k`` averages over ``k`` joint posterior draws of the embeddings and masks (the
-        posterior predictive, SAMS-VAE's; None: the embeddings' posterior means and the most probable
-        masks). A combination never seen in training is predicted from its parts, each of which must
-        have training cells, alone or in another combination.
-
-        Raises:
-            DataError: a part of ``treatment`` has no training cell (its embedding and mask would be
-                their priors', never learned), or is not a treatment of the setup.
+        ``predict`` is :meth:`fcrkit.models.Model.predict`: each cell's basal latent (its posterior mean) is
+        shifted by the target's ``Σ_p d_p (m_p ⊙ e_p)`` and decoded, so a combination never seen in
+        training is predicted from its parts; ``global_draws=k`` averages over ``k`` joint posterior draws
+        of the embeddings and masks (SAMS-VAE's posterior predictive).
         """
-        self._check_target(treatment, dose)
-        self._check_seen(treatment)
-        return super().predict(adata, treatment, dose, global_draws=global_draws, batch_size=batch_size, seed=seed,
-                               sample=sample)
-
-    def _check_seen(self, treatment: str) -> None:
-        """Refuse a target with a part that has no training cell (alone or in a combination)."""
+        super()._check_target(treatment, dose)
         seen = set(self.seen_perturbations())
         parts = [p for p in split_treatment(treatment, self.setup.treatment_key) if p != self.setup.control_value]
         unseen = [p for p in parts if p not in seen]
