@@ -117,6 +117,8 @@ class Posterior(Protocol):
     Attributes:
         moments: which of ``"loc"`` and ``"scale"`` the block exposes to regularisers
             (:class:`Context`); a regulariser that reads one the family lacks is refused by name.
+        init_loc, init_scale: optional floats; where a *global* block's own ``(loc, scale)`` rows
+            start (default 0 and 0.1; a relaxed Bernoulli's logits start at its ``init_logit``).
     """
 
     moments: tuple[str, ...]
