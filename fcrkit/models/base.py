@@ -461,9 +461,9 @@ class Model:
             draws = None if global_draws is None else [self.module.global_sample() for _ in range(global_draws)]
             values = self._decode_cells(adata, decode, self._target_labels(adata, treatment, dose), batch_size)
         moved: dict[str, Any] = {"counterfactual": counterfactual, "sampled": sample,
-                                        "global_draws": global_draws or 0}
+                                 "global_draws": global_draws or 0}
         moved.update({"shifted_blocks": swapped} if counterfactual == "shift"
-                            else {"redrawn_blocks": swapped, "from_prior": from_prior})
+                     else {"redrawn_blocks": swapped, "from_prior": from_prior})
         return self._prediction(adata, values, treatment, dose, moved)
 
     # -- the pieces of a prediction (recipes with their own predict, as ScGen, use them too) ----------------
