@@ -112,3 +112,17 @@ def test_cpa_treatment_shift_sums_the_entries_as_the_dense_dose_response_product
     labels._dense.pop("t")  # read the treatments from the indices again
     torch.testing.assert_close(decoder.shift(labels, 6), expected)
     assert "t" not in labels._dense  # no (cells, treatments) row was built for the sum
+
+
+def test_a_prior_that_embeds_treatment_features_reads_the_treatments_without_a_dense_batch_row() -> None:
+    adata = fcrkit.simulate.feature_effects(n_treatments=8, n_features=4, cells_per_condition=10, n_genes=20, seed=0)
+    setup_anndata(adata, treatment_key="treatment", covariate_keys=["covariate"],
+                  treatment_features=adata.uns["treatment_features"])
+    spec = {"name": "feat", "likelihood": "nb", "decoder": {"name": "mlp"},
+            "blocks": [{"name": "z", "dim": 2, "prior": {"name": "conditional_gaussian", "conditions": ["t"]}}]}
+    model = fcrkit.compose(spec, adata, seed=0)
+    assert model.module.uses_treatment_features
+    batch = CellData.from_anndata(adata, model.setup).batch(torch.arange(12))
+    guide = poutine.trace(model.module.guide).get_trace(batch, adata.n_obs)
+    poutine.trace(poutine.replay(model.module.model, trace=guide)).get_trace(batch, adata.n_obs)
+    assert "t" not in batch.labels._dense  # the features' embedding bag read the cells' entries

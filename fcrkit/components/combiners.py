@@ -82,6 +82,12 @@ def treatment_shifts(labels: Labels, table: Tensor, n_cells: int) -> Tensor:
     return F.embedding_bag(treatments, table, offsets, mode="sum", per_sample_weights=doses.to(table.dtype))
 
 
+def shift_table(values: Mapping[str, Tensor], embedding: str, mask: str | None) -> Tensor:
+    """The per-treatment shifts ``m_p ⊙ e_p`` (or ``e_p`` without a mask), ``(treatments, dim)``, from the
+    global blocks ``embedding`` and ``mask`` in ``values``."""
+    return values[embedding] if mask is None else values[mask] * values[embedding]
+
+
 def shift_blocks(label_dims: LabelDims, dim: int, owner: str, embedding: str | None,
                  mask: str | None) -> tuple[str | None, str | None]:
     """Check the global blocks ``embedding`` / ``mask`` a part reads its per-treatment shifts from.
@@ -143,7 +149,7 @@ class SparseAdditive(nn.Module):
         the combiner names them, else from its parameters."""
         if self.embedding is None:
             return torch.sigmoid(self.mask_logits) * self.embeddings
-        return z[self.embedding] if self.mask is None else z[self.mask] * z[self.embedding]
+        return shift_table(z, self.embedding, self.mask)
 
     def shifts(self, labels: Labels, n_cells: int, z: Mapping[str, Tensor] | None = None) -> Tensor:
         """``Σ_p d_cp (m_p ⊙ e_p)`` for each of the ``n_cells`` cells of ``labels``, ``(n_cells, dim)``

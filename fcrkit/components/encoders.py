@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fcrkit.components.combiners import shift_blocks, treatment_shifts
+from fcrkit.components.combiners import shift_blocks, shift_table, treatment_shifts
 from fcrkit.components.nn import mlp, mlp_width, positive, total_width, with_labels
 from fcrkit.errors import ConfigError
 from fcrkit.hookspecs import hookimpl
@@ -94,8 +94,7 @@ class BasalMLPEncoder(MLPEncoder):
 
     def shift(self, labels: Labels, n_cells: int) -> Tensor:
         """The cells' treatment shifts ``Σ_p d_p (m_p ⊙ e_p)``, ``(n_cells, dim)``."""
-        table = labels[self.embedding] if self.mask is None else labels[self.mask] * labels[self.embedding]
-        return treatment_shifts(labels, table, n_cells)
+        return treatment_shifts(labels, shift_table(labels, self.embedding, self.mask), n_cells)
 
     def forward(self, y: Tensor, labels: Labels) -> tuple[Tensor, Tensor]:
         """Posterior ``(loc, scale)`` of the basal block: the MLP's estimate of ``z`` from ``[y, s]``, minus ``s``."""

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from fcrkit.components.nn import label_matrix, mlp, mlp_width, positive, total_width
 from fcrkit.components.treatments import build_treatment_encoder
+from fcrkit.data.labels import with_values
 from fcrkit.errors import ConfigError, listing
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import LabelDims, Labels
@@ -143,7 +144,7 @@ class ConditionalGaussian(nn.Module):
     def embedding(self, labels: Labels) -> Tensor:
         """The condition embedding the mean and scale heads read."""
         if self.treatment_encoder is not None:  # t's features in place of its multi-hot row
-            labels = {**labels, "t": self.treatment_encoder(labels)}
+            labels = with_values(labels, {"t": self.treatment_encoder(labels)})  # no dense row of t built
         if self.combine == "concat":
             return self.embed["all"](label_matrix(labels, self.conditions))
         if self.combine == "outer":

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fcrkit.components.combiners import treatment_shifts
 from fcrkit.components.nn import mlp, mlp_width
-from fcrkit.data.labels import treatment_entries
+from fcrkit.data.labels import n_cells
 from fcrkit.errors import ConfigError, UnknownComponentError
 from fcrkit.hookspecs import hookimpl
 from fcrkit.protocols import Labels
@@ -75,11 +75,7 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, labels: Labels) -> Tensor:
         """Each cell's ``Σ_p d_p e_p`` (0 for controls), ``(cells, width)``, by an embedding bag."""
-        n_cells = labels["t"].shape[0]
-        cells, treatments, doses = treatment_entries(labels)
-        counts = torch.bincount(cells, minlength=n_cells)
-        offsets = torch.cumsum(counts, 0) - counts
-        return F.embedding_bag(treatments, self.table(), offsets, mode="sum", per_sample_weights=doses)
+        return treatment_shifts(labels, self.table(), n_cells(labels))
 
 
 def build_treatment_encoder(choice: str | Mapping[str, Any] | None, features: Tensor | np.ndarray | None,

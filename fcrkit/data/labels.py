@@ -141,6 +141,7 @@ class IndexedLabels(Mapping[str, Tensor]):
         self.index, self.value = dict(index), dict(value)
         self.widths = {key: int(widths[key]) for key in self.index}
         self._dense: dict[str, Tensor] = {}
+        self._entries: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         self._values: dict[str, Tensor] = {}  # ready tensors beside the labels (global blocks' values)
 
     @classmethod
@@ -207,9 +208,12 @@ class IndexedLabels(Mapping[str, Tensor]):
 
     def entries(self, key: str) -> tuple[Tensor, Tensor, Tensor]:
         """``(cells, positions, values)`` of label ``key``'s entries, row-major (see :func:`treatment_entries`)."""
-        index, value = self.index[key], self.value[key]
-        cells, slots = (index != PAD).nonzero(as_tuple=True)  # row-major: each cell's entries contiguous
-        return cells, index[cells, slots], value[cells, slots]
+        found = self._entries.get(key)
+        if found is None:  # once per minibatch: nonzero() syncs with the device
+            index, value = self.index[key], self.value[key]
+            cells, slots = (index != PAD).nonzero(as_tuple=True)  # row-major: each cell's entries contiguous
+            found = self._entries[key] = (cells, index[cells, slots], value[cells, slots])
+        return found
 
     def take(self, rows: Tensor) -> IndexedLabels:
         """The labels of the cells at ``rows`` (int64, on the labels' device; repeats allowed)."""
@@ -225,6 +229,7 @@ class IndexedLabels(Mapping[str, Tensor]):
         labels = [k for k in keys if k in self.index]
         out = IndexedLabels({k: self.index[k] for k in labels}, {k: self.value[k] for k in labels}, self.widths)
         out._dense = self._dense  # one dense view per minibatch, whichever component asks first
+        out._entries = self._entries  # and one list of entries
         out._values = {k: self._values[k] for k in keys if k in self._values}
         return out
 
@@ -278,6 +283,13 @@ def select_labels(labels: Labels, keys: Any) -> Labels:
     if isinstance(labels, IndexedLabels):
         return labels.subset(keys)
     return {key: labels[key] for key in keys}
+
+
+def n_cells(labels: Labels) -> int:
+    """The number of cells a minibatch's labels describe, without building a dense view."""
+    if isinstance(labels, IndexedLabels):
+        return labels.n_obs
+    return next(labels[key] for key in ("t", "x") if key in labels).shape[0]
 
 
 def treatment_entries(labels: Labels) -> tuple[Tensor, Tensor, Tensor]:
