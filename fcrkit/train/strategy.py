@@ -64,6 +64,11 @@ class ReplicaMismatchError(FcrkitError, RuntimeError):
     """After data-parallel training the replicas' parameters differ (a bug: they must be identical)."""
 
 
+def has_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` has a batch-normalisation layer (which needs at least two cells per minibatch)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def uses_global_batch(regularizer: object) -> bool:
     """Whether ``regularizer`` asks for the global batch (its ``global_batch`` attribute is True)."""
     return bool(getattr(regularizer, "global_batch", False))
@@ -197,7 +202,7 @@ class DataParallel(SingleProcess):
         Refuses a plan that leaves no step, or (with batch normalisation) a rank a single cell.
         """
         plan, min_cells = trainer.plan, MIN_BATCH_CELLS
-        batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in trainer.module.modules())
+        batch_norm = has_batch_norm(trainer.module)
         self.sizes = rank_batch_sizes(self.counts, plan.batch_size, drop_last=plan.drop_last, min_cells=min_cells)
         if not self.sizes[0]:
             raise ConfigError(f"{min(self.counts)} training cells on a rank with batch_size={plan.batch_size} per "

@@ -39,7 +39,7 @@ from fcrkit.program import GenerativeModel
 from fcrkit.registry import get_registry
 from fcrkit.train import checkpoint
 from fcrkit.train.objectives import OBJECTIVES, evaluation_loss, objective_problems, resolve_objective
-from fcrkit.train.strategy import SingleProcess, uses_global_batch
+from fcrkit.train.strategy import SingleProcess, has_batch_norm, uses_global_batch
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +308,9 @@ class Trainer:
         process, and its gradients are averaged over processes; the others' are weighted by ``share``.
         """
         detached = ctx.detached() if self.adversaries else ctx
-        global_detached = self._global_ctx.detached() if self._global_ctx is not None else None
+        global_ctx = self._global_ctx
+        # in one process the global batch is the minibatch: its detached copy is made once
+        global_detached = detached if global_ctx is ctx else global_ctx.detached() if global_ctx is not None else None
         for name, optimizer in self.adversaries.items():
             reg = self.regularizers[name]
             if int(getattr(reg, "alternate_every", 0)) and not _owns_epoch(reg, int(epoch)):
@@ -367,7 +369,7 @@ class Trainer:
         if not sizes:
             raise ConfigError(f"drop_last=True with {n_train} training cells and batch_size={plan.batch_size} leaves "
                               "no full batch to train on; use a smaller batch_size or drop_last=False.")
-        if _has_batch_norm(self.module):
+        if has_batch_norm(self.module):
             if plan.batch_size < MIN_BATCH_CELLS:
                 raise ConfigError(f"batch_size={plan.batch_size}: model {self.module.spec.name!r} uses batch "
                                   f"normalisation, which needs at least {MIN_BATCH_CELLS} cells per minibatch; use "
@@ -592,10 +594,6 @@ def _owns_epoch(regularizer: object, epoch: int) -> bool:
     """Alternating adversaries (``alternate_every = k``) own the k-th, 2k-th ... epochs."""
     every = int(getattr(regularizer, "alternate_every", 0))
     return every > 0 and (epoch + 1) % every == 0
-
-
-def _has_batch_norm(module: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 def _snapshot(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
