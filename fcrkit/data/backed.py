@@ -66,13 +66,15 @@ def cell_data(
     """
     _check_chunk_cells(chunk_cells)
     matrix = disk_matrix(adata, setup.layer)
-    if rows is not None:
+    obs = adata.obs
+    if rows is not None:  # only the shard's rows: its labels, and its slice of the file or of the matrix
         start, stop = rows
-        labels = setup.encode_labels(adata.obs.iloc[start:stop])
+        obs = obs.iloc[start:stop]
         if matrix is None:
-            return CellData(get_matrix(adata[start:stop], setup.layer), labels, device=device)
-        return BackedCellData(matrix.row_range(start, stop), labels, device=device, chunk_cells=chunk_cells)
-    labels = setup.encode_labels(adata.obs)
+            adata = adata[start:stop]
+        else:
+            matrix = matrix.row_range(start, stop)
+    labels = setup.encode_labels(obs)
     if matrix is None:
         return CellData(get_matrix(adata, setup.layer), labels, device=device)
     return BackedCellData(matrix, labels, device=device, chunk_cells=chunk_cells)

@@ -89,6 +89,10 @@ class SingleProcess:
         """A random seed for a run without one."""
         return int(torch.randint(2**32, ()).item())
 
+    def total_cells(self, data: CellData) -> int:
+        """The number of cells of the whole data set (what a checkpoint's identity records)."""
+        return data.n_obs
+
     def split(self, n_obs: int, fraction: float, seed: int, device: torch.device) -> tuple[Tensor, Tensor, int, int]:
         """``(train, validation, n_train, n_validation)``: this process's row numbers and the global counts."""
         from fcrkit.train.trainer import split_indices  # the trainer imports this module
@@ -176,6 +180,10 @@ class DataParallel(SingleProcess):
         seed = torch.randint(2**31, (), device=device)
         dist.broadcast(seed, src=0)
         return int(seed.item())
+
+    def total_cells(self, data: CellData) -> int:
+        """The number of cells of the whole data set; this rank's data holds only its shard."""
+        return self.n_obs
 
     def split(self, n_obs: int, fraction: float, seed: int, device: torch.device) -> tuple[Tensor, Tensor, int, int]:
         """The global split of all cells' row numbers; this rank's rows of each, numbered within its shard.

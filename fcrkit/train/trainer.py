@@ -423,7 +423,7 @@ class Trainer:
         if self.pairing is not None:
             self.sampler = self.pairing.sampler(train_idx, data.device)
         n_batches = strategy.plan_steps(self, n_train)
-        identity = checkpoint.identity(module, getattr(strategy, "n_obs", data.n_obs), plan, seed)
+        identity = checkpoint.identity(module, strategy.total_cells(data), plan, seed)
         identity["processes"] = strategy.world  # the random streams are per process
 
         history = History()
