@@ -13,7 +13,7 @@ import torch
 import fcrkit
 from fcrkit.data.anndata import get_setup
 from fcrkit.data.backed import BackedCellData, cell_data, default_chunk_cells
-from fcrkit.data.disk import DiskMatrix, row_sums
+from fcrkit.data.disk import DiskMatrix, disk_matrix, row_sums
 from fcrkit.data.loaders import CellData
 from fcrkit.errors import ConfigError, DataError
 
@@ -197,6 +197,15 @@ def test_row_sums_without_a_float64_copy_handle_empty_rows() -> None:
     np.testing.assert_array_equal(row_sums(matrix), [[0], [3], [0], [5.5], [0]])
     np.testing.assert_array_equal(row_sums(sp.csr_matrix((2, 4), dtype=np.float32)), [[0], [0]])
     np.testing.assert_array_equal(row_sums(matrix.toarray()), row_sums(matrix))
+
+
+def test_a_row_range_streams_its_row_sums_in_many_blocks_as_memory_sums_them(pair) -> None:
+    adata, backed = pair
+    matrix = disk_matrix(backed, None)
+    expected = row_sums(adata.X)[101:250]
+    # 40 stored values a block: about two rows of the 30 genes, so the 149 rows take many blocks
+    np.testing.assert_allclose(matrix.row_range(101, 250).row_sums(max_values=40), expected)
+    np.testing.assert_allclose(matrix.row_range(0, 4).row_sums(max_values=1), row_sums(adata.X)[:4])  # row 3 empty
 
 
 def test_views_layers_and_csc_are_served_from_memory(tmp_path: Path) -> None:

@@ -128,13 +128,15 @@ class DiskMatrix:
         np.cumsum(lengths, out=indptr[1:])
         return sp.csr_matrix((data, indices, indptr), shape=(len(rows), self.shape[1]))
 
-    def blocks(self, max_values: int = STREAM_VALUES) -> Iterator[tuple[int, Any]]:
-        """``(first row, block)`` over consecutive row blocks of about ``max_values`` stored values.
+    def blocks(self, max_values: int = STREAM_VALUES, rows: tuple[int, int] | None = None
+               ) -> Iterator[tuple[int, Any]]:
+        """``(first row, block)`` over consecutive row blocks of about ``max_values`` stored values (of the
+        rows ``[start, stop)`` in ``rows``; None: every row).
 
         A block is a CSR matrix or ndarray in the stored dtype (value checks need the values as stored).
         """
         self.check_open()
-        for start, stop in self._block_bounds(max_values):
+        for start, stop in self._block_bounds(max_values, rows):
             if self.is_sparse:
                 assert self.indptr is not None
                 first, last = int(self.indptr[start]), int(self.indptr[stop])
@@ -145,25 +147,27 @@ class DiskMatrix:
                 block = self._values[start:stop]
             yield start, block
 
-    def row_sums(self, max_values: int = STREAM_VALUES) -> np.ndarray:
-        """``(n_obs, 1)`` float64 total of each row, in one streaming pass."""
-        sums = np.zeros((self.shape[0], 1), dtype=np.float64)
-        for start, block in self.blocks(max_values):
-            sums[start : start + block.shape[0]] = row_sums(block)
+    def row_sums(self, max_values: int = STREAM_VALUES, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """``(n, 1)`` float64 total of each row (of the rows ``[start, stop)`` in ``rows``), in one streaming
+        pass."""
+        first, last = rows if rows is not None else (0, self.shape[0])
+        sums = np.zeros((last - first, 1), dtype=np.float64)
+        for start, block in self.blocks(max_values, rows):
+            sums[start - first : start - first + block.shape[0]] = row_sums(block)
         return sums
 
     def row_range(self, start: int, stop: int) -> DiskRowRange:
         """Rows ``[start, stop)`` of this matrix as a matrix of their own (rows numbered from 0)."""
         return DiskRowRange(self, start, stop)
 
-    def _block_bounds(self, max_values: int) -> Iterator[tuple[int, int]]:
-        """Consecutive ``(start, stop)`` row ranges, each with about ``max_values`` stored values (at least one row)."""
-        n = self.shape[0]
+    def _block_bounds(self, max_values: int, rows: tuple[int, int] | None = None) -> Iterator[tuple[int, int]]:
+        """Consecutive ``(start, stop)`` row ranges covering ``rows`` (None: every row), each with about
+        ``max_values`` stored values (at least one row)."""
+        start, n = rows if rows is not None else (0, self.shape[0])
         if self.indptr is None:
             step = max(1, max_values // max(1, self.shape[1]))
-            yield from ((start, min(start + step, n)) for start in range(0, n, step))
+            yield from ((first, min(first + step, n)) for first in range(start, n, step))
             return
-        start = 0
         while start < n:  # the last row whose values still fit, found by bisection on indptr
             stop = int(np.searchsorted(self.indptr, self.indptr[start] + max_values, side="right")) - 1
             stop = min(n, max(stop, start + 1))
@@ -212,11 +216,7 @@ class DiskRowRange:
 
     def row_sums(self, max_values: int = STREAM_VALUES) -> np.ndarray:
         """``(n_obs, 1)`` float64 total of each row of the range, in one streaming pass over it."""
-        per_row = max(1.0, self.nnz / max(1, self.n_obs))
-        step = max(1, int(max_values // per_row))
-        parts = [row_sums(self.rows(np.arange(first, min(first + step, self.n_obs))))
-                 for first in range(0, self.n_obs, step)]
-        return np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float64)
+        return self.matrix.row_sums(max_values, (self.start, self.stop))
 
 
 def row_sums(matrix: np.ndarray | sp.csr_matrix) -> np.ndarray:
