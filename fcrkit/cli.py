@@ -138,7 +138,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     baselines = None
     if args.config is not None:
         config = BenchmarkConfig.from_toml(args.config, output_dir=args.output)
-        adata, setup = config.load_data(), config.setup
+        adata = config.load_data()
+        setup = config.setup  # after load_data: a simulator adds its treatment features to it
         splits = config.splits(adata)
         chosen, train, seeds, baselines = config.recipes, config.train, config.seeds or (config.seed,), config.baselines
         output = config.output_dir

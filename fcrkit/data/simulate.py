@@ -81,6 +81,11 @@ def _check_positive(**sizes: int) -> None:
             raise ConfigError(f"simulate: {name}={value!r} must be a positive integer.")
 
 
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"simulate: seed={seed!r} must be a non-negative integer.")
+
+
 def _check_positive_real(**values: float) -> None:
     for name, value in values.items():
         if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
@@ -439,8 +444,7 @@ def interaction(
             f"{did_you_mean(likelihood, LIKELIHOODS)}"
         )
     _check_positive_real(library_size=library_size, dispersion=dispersion, mixing_gain=mixing_gain)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"simulate: seed={seed!r} must be a non-negative integer.")
+    _check_seed(seed)
 
     streams = np.random.SeedSequence(int(seed)).spawn(3)
     rng_conditions, rng_mixing, rng_cells = (np.random.default_rng(stream) for stream in streams)
@@ -604,8 +608,7 @@ def sparse_shift(
         raise ConfigError(f"simulate: likelihood={likelihood!r} is not one of 'poisson', 'nb'."
                           f"{did_you_mean(str(likelihood), ('poisson', 'nb'))}")
     _check_positive_real(shift_mean=shift_mean, shift_sd=shift_sd, library_size=library_size, dispersion=dispersion)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"simulate: seed={seed!r} must be a non-negative integer.")
+    _check_seed(seed)
 
     rng_world, rng_mixing, rng_cells = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3))
     targets = np.zeros((n_treatments, n_latent), dtype=np.int8)
@@ -900,8 +903,7 @@ def sparse_additive(
                           f"{n_perturbations} singles, {n_doubles} doubles) to have a cell each.")
     _check_positive_real(shift_mean=shift_mean, shift_sd=shift_sd, library_size=library_size, dispersion=dispersion,
                          mixing_gain=mixing_gain)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"simulate: seed={seed!r} must be a non-negative integer.")
+    _check_seed(seed)
 
     rng_world, rng_mixing, rng_cells = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3))
     targets = np.zeros((n_perturbations, n_latent), dtype=np.int8)
